@@ -1,0 +1,22 @@
+//! careledger's vocabulary: code lists, table contracts, regions, resident IDs, pseudonyms,
+//! column-wise validation and the status rule. No IO, no async: everything here is a pure
+//! function of its inputs (the contract files are compiled in with `include_str!`).
+
+pub mod codes;
+pub mod pseudonym;
+pub mod region;
+pub mod resident_id;
+pub mod schema;
+pub mod status;
+pub mod validate;
+
+pub use codes::{Code, CodeList, Vocabulary, vocabulary};
+pub use pseudonym::PseudonymKey;
+pub use region::{Region, RegionLevel, RegionTable, regions};
+pub use resident_id::{IdError, ResidentId, mask_id};
+pub use schema::{FieldKind, FieldSpec, Table, TableSpec};
+pub use status::{RuleParams, StatusEpisode, derive_episodes};
+pub use validate::{RowError, ValidatedBatch, ValidationContext, validate_batch};
+
+/// The version of the contract in `schemas/` that this build speaks.
+pub const SCHEMA_VERSION: &str = "v1";
