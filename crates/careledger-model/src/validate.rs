@@ -15,7 +15,7 @@ use arrow_array::{
 };
 use arrow_schema::ArrowError;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::codes::vocabulary;
 use crate::pseudonym::PseudonymKey;
@@ -24,7 +24,7 @@ use crate::resident_id::ResidentId;
 use crate::schema::{FieldKind, FieldSpec, Table, TableSpec};
 
 /// One problem with one row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowError {
     /// 1-based row number within the body (the first data row is 1).
     pub row: usize,

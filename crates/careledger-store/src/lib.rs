@@ -1,1 +1,353 @@
-//! placeholder
+//! Delta tables on object storage: the only crate that knows table locations and commits.
+//!
+//! A store is a root URL (`file:///…` directory, `memory://`, or `s3://…` when built with the
+//! `s3` feature) holding one Delta table per pushed table plus the gateway's own `batches`
+//! (receipts) and `rejects` tables. Each append is one Delta commit: its rows, the Delta
+//! application transactions (`txn`) that make replays detectable, and commit metadata.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use careledger_model::Table;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{StructField, StructType, Transaction};
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::StreamExt;
+use tokio::sync::Mutex;
+use url::Url;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store URL {0:?} is not usable: {1}")]
+    Url(String, String),
+    #[error("no table named {0}")]
+    UnknownTable(String),
+    #[error("table {table}: stored schema is incompatible with this build: {detail}")]
+    Incompatible { table: String, detail: String },
+    #[error("delta: {0}")]
+    Delta(#[from] deltalake::DeltaTableError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The gateway's own tables besides the pushed ones.
+pub const BATCHES: &str = "batches";
+pub const REJECTS: &str = "rejects";
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// `batches`: one row per acknowledged batch (the receipt), the audit of who sent what, when.
+pub fn batches_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("batch_id", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("idempotency_key", DataType::Utf8, true),
+        Field::new("batch_seq", DataType::Int64, true),
+        Field::new("format", DataType::Utf8, false),
+        Field::new("atomic", DataType::Boolean, false),
+        Field::new("rows_received", DataType::Int64, false),
+        Field::new("rows_accepted", DataType::Int64, false),
+        Field::new("rows_rejected", DataType::Int64, false),
+        Field::new("table_version", DataType::Int64, true),
+        Field::new("received_at", ts(), false),
+        Field::new("committed_at", ts(), false),
+        Field::new("receipt", DataType::Utf8, false),
+    ]))
+}
+
+/// `rejects`: rows refused in non-atomic batches, kept so nothing sent is lost. The raw row is
+/// JSON with the ID number masked.
+pub fn rejects_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("batch_id", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("row", DataType::Int64, false),
+        Field::new("codes", DataType::Utf8, false),
+        Field::new("messages", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+        Field::new("ingested_at", ts(), false),
+    ]))
+}
+
+/// Names and schemas of every table the store holds.
+pub fn all_tables() -> Vec<(&'static str, SchemaRef)> {
+    let mut out: Vec<(&'static str, SchemaRef)> = Table::ALL
+        .iter()
+        .map(|t| (t.as_str(), t.spec().stored_schema()))
+        .collect();
+    out.push((BATCHES, batches_schema()));
+    out.push((REJECTS, rejects_schema()));
+    out
+}
+
+/// One append: rows for one table, committed atomically with its transactions and metadata.
+#[derive(Debug, Default)]
+pub struct Append {
+    pub batches: Vec<RecordBatch>,
+    /// Delta application transactions `(app_id, version)` recorded in the same commit.
+    pub txns: Vec<(String, i64)>,
+    /// Commit metadata (commitInfo), e.g. the receipts of the batches in this commit.
+    pub metadata: Vec<(String, serde_json::Value)>,
+}
+
+/// A Delta-backed store.
+#[derive(Debug)]
+pub struct Store {
+    root: Url,
+    tables: HashMap<&'static str, Mutex<DeltaTable>>,
+    writer: WriterProperties,
+}
+
+fn table_url(root: &Url, name: &str) -> Result<Url> {
+    let mut base = root.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    base.join(&format!("{name}/"))
+        .map_err(|e| StoreError::Url(root.to_string(), e.to_string()))
+}
+
+/// Parses a store location: a URL, or a plain directory path (made absolute, created).
+pub fn parse_store_url(text: &str) -> Result<Url> {
+    if text.starts_with("memory://") || text.starts_with("s3://") || text.starts_with("s3a://") {
+        return Url::parse(text).map_err(|e| StoreError::Url(text.into(), e.to_string()));
+    }
+    let path = text.strip_prefix("file://").unwrap_or(text);
+    std::fs::create_dir_all(path).map_err(|e| StoreError::Url(text.into(), e.to_string()))?;
+    let abs =
+        std::fs::canonicalize(path).map_err(|e| StoreError::Url(text.into(), e.to_string()))?;
+    Url::from_directory_path(&abs)
+        .map_err(|_| StoreError::Url(text.into(), "not an absolute directory".into()))
+}
+
+impl Store {
+    /// Opens the store at `location`, creating missing tables and adding columns that this
+    /// build's schemas have and the stored tables lack (additive evolution only).
+    pub async fn open(location: &str) -> Result<Store> {
+        let root = parse_store_url(location)?;
+        let mut tables = HashMap::new();
+        for (name, schema) in all_tables() {
+            let table = open_or_create(&root, name, &schema).await?;
+            tables.insert(name, Mutex::new(table));
+        }
+        let writer = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(1).expect("valid level"),
+            ))
+            .build();
+        Ok(Store {
+            root,
+            tables,
+            writer,
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.root
+    }
+
+    /// The local directory of a `file://` store.
+    pub fn local_dir(&self) -> Option<std::path::PathBuf> {
+        (self.root.scheme() == "file")
+            .then(|| self.root.to_file_path().ok())
+            .flatten()
+    }
+
+    fn slot(&self, name: &str) -> Result<&Mutex<DeltaTable>> {
+        self.tables
+            .get(name)
+            .ok_or_else(|| StoreError::UnknownTable(name.to_string()))
+    }
+
+    /// Appends in one commit and returns the new table version. Nothing is visible if it fails.
+    pub async fn append(&self, name: &str, append: Append) -> Result<u64> {
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        let schema = guard.snapshot()?.snapshot().arrow_schema();
+        let batches: Vec<RecordBatch> = append
+            .batches
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| conform(&b, &schema))
+            .collect::<Result<_>>()?;
+        let mut props = CommitProperties::default().with_metadata(append.metadata);
+        if !append.txns.is_empty() {
+            props = props.with_application_transactions(
+                append
+                    .txns
+                    .into_iter()
+                    .map(|(app, v)| Transaction::new(app, v))
+                    .collect(),
+            );
+        }
+        let table = guard.clone();
+        let written = if batches.is_empty() {
+            // A commit with no rows still records its transactions and metadata.
+            let empty = RecordBatch::new_empty(schema.clone());
+            table.write(vec![empty])
+        } else {
+            table.write(batches)
+        }
+        .with_writer_properties(self.writer.clone())
+        .with_target_file_size(None)
+        .with_commit_properties(props)
+        .await?;
+        let version = written.version().expect("a committed table has a version");
+        *guard = written;
+        Ok(version)
+    }
+
+    /// Reloads the latest version of a table (another process may have committed).
+    pub async fn refresh(&self, name: &str) -> Result<DeltaTable> {
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        guard.update_state().await?;
+        Ok(guard.clone())
+    }
+
+    /// The loaded table (a cheap clone of the current snapshot handle).
+    pub async fn table(&self, name: &str) -> Result<DeltaTable> {
+        Ok(self.slot(name)?.lock().await.clone())
+    }
+
+    /// Latest version of the application transaction `app_id` in `name`, after a refresh.
+    pub async fn txn_version(&self, name: &str, app_id: &str) -> Result<Option<i64>> {
+        let table = self.refresh(name).await?;
+        Ok(table
+            .snapshot()?
+            .transaction_version(table.log_store().as_ref(), app_id)
+            .await?)
+    }
+
+    /// Latest versions of several application transactions, after one refresh.
+    pub async fn txn_versions(&self, name: &str, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
+        let table = self.refresh(name).await?;
+        let snapshot = table.snapshot()?;
+        let mut out = Vec::with_capacity(app_ids.len());
+        for app in app_ids {
+            out.push(
+                snapshot
+                    .transaction_version(table.log_store().as_ref(), app)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The values of commit-metadata `key` over the table's history, newest first.
+    pub async fn commit_metadata(&self, name: &str, key: &str) -> Result<Vec<serde_json::Value>> {
+        let table = self.refresh(name).await?;
+        let mut out = Vec::new();
+        let mut stream = table.history(None);
+        while let Some(info) = stream.next().await {
+            if let Some(v) = info?.info.get(key) {
+                out.push(v.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Casts a batch to the table's schema (same columns, in the table's order and nullability).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let col = match batch.column_by_name(f.name()) {
+            Some(c) => c.clone(),
+            None => arrow_array::new_null_array(f.data_type(), batch.num_rows()),
+        };
+        columns.push(if col.data_type() == f.data_type() {
+            col
+        } else {
+            arrow::compute::cast(&col, f.data_type())?
+        });
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+async fn open_or_create(root: &Url, name: &str, schema: &SchemaRef) -> Result<DeltaTable> {
+    let url = table_url(root, name)?;
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|_| StoreError::Url(url.to_string(), "not a path".into()))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| StoreError::Url(url.to_string(), e.to_string()))?;
+    }
+    let mut table = DeltaTableBuilder::from_url(url.clone())?.build()?;
+    match table.load().await {
+        Ok(()) => {}
+        Err(deltalake::DeltaTableError::NotATable(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if table.version().is_none() {
+        let kernel: StructType = schema.as_ref().try_into_kernel()?;
+        return Ok(table
+            .create()
+            .with_table_name(name)
+            .with_columns(kernel.fields().cloned())
+            .with_save_mode(SaveMode::Ignore)
+            .await?);
+    }
+    evolve(table, name, schema).await
+}
+
+/// Adds the columns this build has and the table lacks; refuses removed or retyped columns.
+async fn evolve(table: DeltaTable, name: &str, schema: &SchemaRef) -> Result<DeltaTable> {
+    let stored = table.snapshot()?.snapshot().arrow_schema();
+    let mut missing: Vec<StructField> = Vec::new();
+    for f in schema.fields() {
+        match stored.field_with_name(f.name()) {
+            Ok(existing) if existing.data_type() == f.data_type() => {}
+            Ok(existing) => {
+                return Err(StoreError::Incompatible {
+                    table: name.to_string(),
+                    detail: format!(
+                        "column {} is {} in the store but {} in this build",
+                        f.name(),
+                        existing.data_type(),
+                        f.data_type()
+                    ),
+                });
+            }
+            Err(_) => {
+                let nullable = Field::new(f.name(), f.data_type().clone(), true);
+                let kernel: StructField = (&nullable).try_into_kernel()?;
+                missing.push(kernel);
+            }
+        }
+    }
+    for f in stored.fields() {
+        if schema.field_with_name(f.name()).is_err() {
+            return Err(StoreError::Incompatible {
+                table: name.to_string(),
+                detail: format!(
+                    "the store has column {} that this build does not know (a newer schema version?)",
+                    f.name()
+                ),
+            });
+        }
+    }
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    tracing::info!(
+        table = name,
+        added = missing.len(),
+        "adding columns from the current schema version"
+    );
+    Ok(table.add_columns().with_fields(missing).await?)
+}

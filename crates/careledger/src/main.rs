@@ -1,1 +1,227 @@
-fn main() {}
+//! The `careledger` command: the gateway server on an embedded local store, and token admin.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use careledger_gateway::{AppState, CommitConfig, GatewayConfig, Role, TokenRegistry, router};
+use careledger_model::PseudonymKey;
+use careledger_store::Store;
+use clap::{Parser, Subcommand};
+use rand::RngCore;
+
+/// careledger: data-sync gateway and warehouse for the dynamic ledger of rural left-behind women.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway on a store (a local directory by default).
+    Serve(ServeArgs),
+    /// Manage bearer tokens (kept hashed in <state-dir>/tokens.json).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        /// Directory holding tokens.json.
+        #[arg(
+            long,
+            env = "CARELEDGER_STATE_DIR",
+            default_value = "./careledger-data"
+        )]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Store location: a directory, file:///abs/dir, memory:// (nothing kept).
+    #[arg(long, env = "CARELEDGER_STORE", default_value = "./careledger-data")]
+    store: String,
+    /// Directory for the pseudonym secret and the token file (the store directory by default).
+    #[arg(long, env = "CARELEDGER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Address to listen on (loopback by default).
+    #[arg(long, env = "CARELEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Group-commit window in milliseconds.
+    #[arg(long, env = "CARELEDGER_COMMIT_WINDOW_MS", default_value_t = 50)]
+    commit_window_ms: u64,
+    /// Largest accepted request body, in MiB.
+    #[arg(long, env = "CARELEDGER_MAX_BODY_MIB", default_value_t = 64)]
+    max_body_mib: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Create a token and print it once. Roles: source:<id>, analyst, dashboard, admin.
+    Create {
+        name: String,
+        #[arg(long)]
+        role: String,
+        /// Region code prefix the token is limited to.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// List tokens (names, roles, scopes; never the tokens).
+    List,
+    /// Revoke a token by name.
+    Revoke { name: String },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve(args)),
+        Command::Token { action, state_dir } => token(action, &state_dir),
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    std::fs::write(path, contents)?;
+    Ok(())
+}
+
+/// Loads the pseudonym secret, creating it (0600) on first start.
+fn load_or_create_key(state_dir: &Path) -> Result<PseudonymKey> {
+    let path = state_dir.join("pseudonym.key");
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        write_private(&path, &format!("{}\n", hex::encode(bytes)))?;
+        tracing::info!(path = %path.display(), "created the pseudonym secret; back it up: without it, person keys cannot be linked to new pushes");
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    PseudonymKey::from_hex(&text).map_err(anyhow::Error::msg)
+}
+
+/// On first start: an admin token and one token per source, written once to a 0600 file.
+fn ensure_initial_tokens(tokens: &TokenRegistry, state_dir: &Path) -> Result<Option<PathBuf>> {
+    if !tokens.is_empty() {
+        return Ok(None);
+    }
+    let mut lines = vec![
+        "# careledger initial tokens: shown once, stored only hashed. name<TAB>role<TAB>token"
+            .to_string(),
+    ];
+    let admin = tokens.create("admin", &Role::Admin, None)?;
+    lines.push(format!("admin\tadmin\t{admin}"));
+    for code in &careledger_model::vocabulary().list("sources").codes {
+        let role = Role::Source(code.code.clone());
+        let t = tokens.create(&code.code, &role, None)?;
+        lines.push(format!("{}\t{}\t{t}", code.code, role.as_string()));
+    }
+    let path = state_dir.join("tokens-initial.txt");
+    write_private(&path, &(lines.join("\n") + "\n"))?;
+    Ok(Some(path))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let state_dir = match &args.state_dir {
+        Some(d) => d.clone(),
+        None if args.store.contains("://") && !args.store.starts_with("file://") => {
+            PathBuf::from("./careledger-data")
+        }
+        None => PathBuf::from(args.store.strip_prefix("file://").unwrap_or(&args.store)),
+    };
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let key = load_or_create_key(&state_dir)?;
+    let tokens = Arc::new(TokenRegistry::load(&state_dir.join("tokens.json"))?);
+    let initial = ensure_initial_tokens(&tokens, &state_dir)?;
+    let store = Arc::new(
+        Store::open(&args.store)
+            .await
+            .with_context(|| format!("opening store {}", args.store))?,
+    );
+    let config = GatewayConfig {
+        max_body_bytes: args.max_body_mib * 1024 * 1024,
+        commit: CommitConfig {
+            window: Duration::from_millis(args.commit_window_ms),
+            ..CommitConfig::default()
+        },
+        ..GatewayConfig::default()
+    };
+    let state = AppState::start(store.clone(), tokens, key, config).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("careledger listening on http://{addr}");
+    println!("store: {}", store.url());
+    match initial {
+        Some(p) => println!("tokens (first start): {}", p.display()),
+        None => println!(
+            "tokens: {} (hashed); create more with `careledger token create`",
+            state_dir.join("tokens.json").display()
+        ),
+    }
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    tracing::info!("draining pending commits");
+    state.committer.drain().await;
+    Ok(())
+}
+
+fn token(action: TokenAction, state_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let tokens = TokenRegistry::load(&state_dir.join("tokens.json"))?;
+    match action {
+        TokenAction::Create { name, role, scope } => {
+            let Some(role) = Role::parse(&role) else {
+                bail!("unknown role {role:?}: use source:<id>, analyst, dashboard or admin");
+            };
+            println!("{}", tokens.create(&name, &role, scope.as_deref())?);
+        }
+        TokenAction::List => {
+            for t in tokens.list() {
+                let state = if t.revoked { "revoked" } else { "active" };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    t.name,
+                    t.role,
+                    t.scope.unwrap_or_default(),
+                    state,
+                    t.created_at
+                );
+            }
+        }
+        TokenAction::Revoke { name } => {
+            if !tokens.revoke(&name)? {
+                bail!("no active token named {name}");
+            }
+            println!("revoked {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! Group commit: per table, one task gathers the batches that arrive within a window (or up
+//! to a row budget) and lands them as one Parquet file in one Delta commit, then answers all
+//! their senders. A receipt is sent only after the commit holding its rows succeeded; a failed
+//! commit fails every batch in it and leaves nothing visible.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_array::builder::{
+    BooleanBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use careledger_model::Table;
+use careledger_store::{Append, BATCHES, REJECTS, Store, batches_schema};
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::problem::Problem;
+use crate::receipt::{RECEIPTS_KEY, Receipt, SeqGap, idem_app_id, seq_app_id};
+
+/// Group-commit settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitConfig {
+    /// How long the first batch of a group waits for others.
+    pub window: Duration,
+    /// A group is committed as soon as it holds this many rows.
+    pub max_rows: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> CommitConfig {
+        CommitConfig {
+            window: Duration::from_millis(50),
+            max_rows: 200_000,
+        }
+    }
+}
+
+/// One batch waiting for its commit.
+#[derive(Debug)]
+pub struct Job {
+    pub receipt: Receipt,
+    pub stored: Vec<RecordBatch>,
+    pub rejects: Option<RecordBatch>,
+    pub reply: oneshot::Sender<Result<Receipt, Problem>>,
+}
+
+/// Idempotency keys and sequence numbers known to this process.
+#[derive(Debug, Default)]
+pub struct Dedup {
+    /// (source, key) → the original receipt.
+    keys: Mutex<HashMap<(String, String), Receipt>>,
+    /// (source, key) of batches not yet answered.
+    inflight: Mutex<HashSet<(String, String)>>,
+    /// source → highest committed Batch-Seq.
+    committed_seq: Mutex<HashMap<String, i64>>,
+    /// source → Batch-Seqs accepted but not yet committed.
+    reserved_seq: Mutex<HashMap<String, HashSet<i64>>>,
+}
+
+/// What the gateway decides about a batch before queueing it.
+#[derive(Debug)]
+pub enum Admission {
+    Fresh { seq_gap: Option<SeqGap> },
+    Duplicate(Box<Receipt>),
+}
+
+impl Dedup {
+    /// Checks a batch's key and sequence; on `Fresh` both are reserved until [`Dedup::release`].
+    pub fn admit(
+        &self,
+        source: &str,
+        key: Option<&str>,
+        seq: Option<i64>,
+    ) -> Result<Admission, Problem> {
+        if let Some(key) = key {
+            let id = (source.to_string(), key.to_string());
+            if let Some(r) = self.keys.lock().expect("lock").get(&id) {
+                let mut r = r.clone();
+                r.duplicate = true;
+                return Ok(Admission::Duplicate(Box::new(r)));
+            }
+            if !self.inflight.lock().expect("lock").insert(id) {
+                return Err(Problem::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "idempotency-key-in-progress",
+                    format!(
+                        "a batch with Idempotency-Key {key:?} is being committed; retry in a moment to get its receipt"
+                    ),
+                ));
+            }
+        }
+        let mut gap = None;
+        if let Some(seq) = seq {
+            let committed = self
+                .committed_seq
+                .lock()
+                .expect("lock")
+                .get(source)
+                .copied();
+            let mut reserved = self.reserved_seq.lock().expect("lock");
+            let mine = reserved.entry(source.to_string()).or_default();
+            if committed.is_some_and(|c| seq <= c) || mine.contains(&seq) {
+                drop(reserved);
+                self.release_key(source, key);
+                return Err(Problem::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "batch-seq-replayed",
+                    format!(
+                        "Batch-Seq {seq} of source {source} was already received (highest committed: {}); nothing was stored",
+                        committed.map_or("none".into(), |c| c.to_string())
+                    ),
+                )
+                .with("duplicate", true.into()));
+            }
+            let highest = mine.iter().copied().chain(committed).max();
+            if let Some(h) = highest {
+                if seq > h + 1 {
+                    gap = Some(SeqGap {
+                        expected: h + 1,
+                        got: seq,
+                    });
+                }
+            }
+            mine.insert(seq);
+        }
+        Ok(Admission::Fresh { seq_gap: gap })
+    }
+
+    fn release_key(&self, source: &str, key: Option<&str>) {
+        if let Some(key) = key {
+            self.inflight
+                .lock()
+                .expect("lock")
+                .remove(&(source.to_string(), key.to_string()));
+        }
+    }
+
+    /// Ends a reservation; on success records the receipt and sequence.
+    pub fn release(&self, receipt: &Receipt, committed: bool) {
+        if committed {
+            if let Some(key) = &receipt.idempotency_key {
+                self.keys
+                    .lock()
+                    .expect("lock")
+                    .insert((receipt.source.clone(), key.clone()), receipt.clone());
+            }
+            if let Some(seq) = receipt.batch_seq {
+                let mut c = self.committed_seq.lock().expect("lock");
+                let e = c.entry(receipt.source.clone()).or_insert(seq);
+                *e = (*e).max(seq);
+            }
+        }
+        if let Some(seq) = receipt.batch_seq {
+            if let Some(set) = self
+                .reserved_seq
+                .lock()
+                .expect("lock")
+                .get_mut(&receipt.source)
+            {
+                set.remove(&seq);
+            }
+        }
+        self.release_key(&receipt.source, receipt.idempotency_key.as_deref());
+    }
+
+    /// Loads what the store already holds: receipts from commit metadata, sequences from txns.
+    pub async fn load(&self, store: &Store) -> Result<(), careledger_store::StoreError> {
+        let sources: Vec<String> = careledger_model::vocabulary()
+            .list("sources")
+            .codes
+            .iter()
+            .map(|c| c.code.clone())
+            .collect();
+        for t in Table::ALL {
+            for value in store.commit_metadata(t.as_str(), RECEIPTS_KEY).await? {
+                let receipts: Vec<Receipt> = serde_json::from_value(value).unwrap_or_default();
+                let mut keys = self.keys.lock().expect("lock");
+                for r in receipts {
+                    if let Some(k) = &r.idempotency_key {
+                        keys.insert((r.source.clone(), k.clone()), r.clone());
+                    }
+                }
+            }
+            let apps: Vec<String> = sources.iter().map(|s| seq_app_id(s)).collect();
+            let versions = store.txn_versions(t.as_str(), &apps).await?;
+            let mut c = self.committed_seq.lock().expect("lock");
+            for (s, v) in sources.iter().zip(versions) {
+                if let Some(v) = v {
+                    let e = c.entry(s.clone()).or_insert(v);
+                    *e = (*e).max(v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The per-table commit tasks.
+#[derive(Debug)]
+pub struct Committer {
+    senders: Mutex<HashMap<Table, mpsc::Sender<Job>>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    pub dedup: Arc<Dedup>,
+}
+
+impl Committer {
+    pub fn start(store: Arc<Store>, dedup: Arc<Dedup>, config: CommitConfig) -> Committer {
+        let mut senders = HashMap::new();
+        let mut handles = Vec::new();
+        for t in Table::ALL {
+            let (tx, rx) = mpsc::channel(1024);
+            senders.insert(t, tx);
+            handles.push(tokio::spawn(run(
+                t,
+                rx,
+                store.clone(),
+                dedup.clone(),
+                config,
+            )));
+        }
+        Committer {
+            senders: Mutex::new(senders),
+            handles: Mutex::new(handles),
+            dedup,
+        }
+    }
+
+    /// Queues a job; the reply comes after its commit.
+    pub async fn submit(&self, table: Table, job: Job) -> Result<(), Problem> {
+        let tx = self.senders.lock().expect("lock").get(&table).cloned();
+        let Some(tx) = tx else {
+            return Err(Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "shutting-down",
+                "the gateway is shutting down; retry against a running one",
+            ));
+        };
+        tx.send(job).await.map_err(|_| {
+            Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "shutting-down",
+                "the gateway is shutting down",
+            )
+        })
+    }
+
+    /// Stops taking jobs and waits until everything queued is committed and answered.
+    pub async fn drain(&self) {
+        self.senders.lock().expect("lock").clear();
+        let handles: Vec<_> = std::mem::take(&mut *self.handles.lock().expect("lock"));
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}
+
+async fn run(
+    table: Table,
+    mut rx: mpsc::Receiver<Job>,
+    store: Arc<Store>,
+    dedup: Arc<Dedup>,
+    config: CommitConfig,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut rows: usize = first.stored.iter().map(RecordBatch::num_rows).sum();
+        let mut jobs = vec![first];
+        let deadline = tokio::time::Instant::now() + config.window;
+        while rows < config.max_rows {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => {
+                    rows += job.stored.iter().map(RecordBatch::num_rows).sum::<usize>();
+                    jobs.push(job);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        commit_group(table, jobs, &store, &dedup).await;
+    }
+}
+
+/// Refuses, as duplicates, jobs whose key or sequence another process already committed.
+async fn drop_remote_duplicates(
+    table: Table,
+    jobs: Vec<Job>,
+    store: &Store,
+    dedup: &Dedup,
+) -> Result<Vec<Job>, Problem> {
+    let mut apps = Vec::new();
+    for j in &jobs {
+        if let Some(k) = &j.receipt.idempotency_key {
+            apps.push(idem_app_id(&j.receipt.source, k));
+        }
+        if j.receipt.batch_seq.is_some() {
+            apps.push(seq_app_id(&j.receipt.source));
+        }
+    }
+    if apps.is_empty() {
+        return Ok(jobs);
+    }
+    let versions = store
+        .txn_versions(table.as_str(), &apps)
+        .await
+        .map_err(|e| Problem::internal("reading the table's transactions", &e))?;
+    let known: HashMap<String, i64> = apps
+        .into_iter()
+        .zip(versions)
+        .filter_map(|(a, v)| Some((a, v?)))
+        .collect();
+    let mut keep = Vec::new();
+    for j in jobs {
+        let r = &j.receipt;
+        let key_seen = r
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|k| known.contains_key(&idem_app_id(&r.source, k)));
+        let seq_seen = r
+            .batch_seq
+            .is_some_and(|s| known.get(&seq_app_id(&r.source)).is_some_and(|&c| s <= c));
+        if key_seen || seq_seen {
+            dedup.release(r, false);
+            let what = if key_seen {
+                "Idempotency-Key"
+            } else {
+                "Batch-Seq"
+            };
+            let _ = j.reply.send(Err(Problem::new(
+                axum::http::StatusCode::CONFLICT,
+                "duplicate",
+                format!("this batch's {what} was already committed by another gateway process; nothing was stored"),
+            )
+            .with("duplicate", true.into())));
+        } else {
+            keep.push(j);
+        }
+    }
+    Ok(keep)
+}
+
+async fn commit_group(table: Table, jobs: Vec<Job>, store: &Store, dedup: &Dedup) {
+    let jobs = match drop_remote_duplicates(table, jobs, store, dedup).await {
+        Ok(j) => j,
+        Err(_) => return, // replies were dropped: senders see a 503 from the closed channel
+    };
+    if jobs.is_empty() {
+        return;
+    }
+    let fail = |jobs: Vec<Job>, p: &dyn Fn() -> Problem| {
+        for j in jobs {
+            dedup.release(&j.receipt, false);
+            let _ = j.reply.send(Err(p()));
+        }
+    };
+    // Rejected rows first: if their commit fails, nothing of the group is stored.
+    let rejects: Vec<RecordBatch> = jobs.iter().filter_map(|j| j.rejects.clone()).collect();
+    if !rejects.is_empty() {
+        if let Err(e) = store
+            .append(
+                REJECTS,
+                Append {
+                    batches: rejects,
+                    ..Append::default()
+                },
+            )
+            .await
+        {
+            let msg = e.to_string();
+            fail(jobs, &|| Problem::internal("storing rejected rows", &msg));
+            return;
+        }
+    }
+    let group = jobs.len();
+    let committed_at = Utc::now();
+    let mut receipts: Vec<Receipt> = jobs.iter().map(|j| j.receipt.clone()).collect();
+    for r in &mut receipts {
+        r.commit_group = Some(group);
+        r.committed_at = Some(committed_at);
+    }
+    let mut txns: HashMap<String, i64> = HashMap::new();
+    for r in &receipts {
+        if let Some(k) = &r.idempotency_key {
+            txns.insert(idem_app_id(&r.source, k), 1);
+        }
+        if let Some(s) = r.batch_seq {
+            let e = txns.entry(seq_app_id(&r.source)).or_insert(s);
+            *e = (*e).max(s);
+        }
+    }
+    let batches: Vec<RecordBatch> = jobs.iter().flat_map(|j| j.stored.iter().cloned()).collect();
+    let append = Append {
+        batches,
+        txns: txns.into_iter().collect(),
+        metadata: vec![(
+            RECEIPTS_KEY.to_string(),
+            serde_json::to_value(&receipts).expect("receipts serialize"),
+        )],
+    };
+    let version = match store.append(table.as_str(), append).await {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e.to_string();
+            fail(jobs, &|| Problem::internal("committing the batch", &msg));
+            return;
+        }
+    };
+    for r in &mut receipts {
+        r.table_version = Some(version);
+    }
+    // The audit row follows the data commit; the receipts are already durable in that commit's
+    // metadata, so a failure here loses no acknowledged data.
+    match receipts_batch(&receipts) {
+        Ok(b) => {
+            if let Err(e) = store
+                .append(
+                    BATCHES,
+                    Append {
+                        batches: vec![b],
+                        ..Append::default()
+                    },
+                )
+                .await
+            {
+                tracing::error!(%e, "recording receipts in the batches table failed");
+            }
+        }
+        Err(e) => tracing::error!(%e, "building the receipts batch failed"),
+    }
+    for (j, r) in jobs.into_iter().zip(receipts) {
+        dedup.release(&r, true);
+        let _ = j.reply.send(Ok(r));
+    }
+}
+
+fn receipts_batch(receipts: &[Receipt]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let n = receipts.len();
+    let mut batch_id = StringBuilder::new();
+    let mut table = StringBuilder::new();
+    let mut source = StringBuilder::new();
+    let mut key = StringBuilder::new();
+    let mut seq = Int64Builder::new();
+    let mut format = StringBuilder::new();
+    let mut atomic = BooleanBuilder::new();
+    let mut received = Int64Builder::new();
+    let mut accepted = Int64Builder::new();
+    let mut rejected = Int64Builder::new();
+    let mut version = Int64Builder::new();
+    let mut received_at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut committed_at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut json = StringBuilder::new();
+    for r in receipts {
+        batch_id.append_value(&r.batch_id);
+        table.append_value(&r.table);
+        source.append_value(&r.source);
+        key.append_option(r.idempotency_key.as_deref());
+        seq.append_option(r.batch_seq);
+        format.append_value(&r.format);
+        atomic.append_value(r.atomic);
+        received.append_value(r.rows_received as i64);
+        accepted.append_value(r.rows_accepted as i64);
+        rejected.append_value(r.rows_rejected as i64);
+        version.append_option(r.table_version.map(|v| v as i64));
+        received_at.append_value(r.received_at.timestamp_micros());
+        committed_at.append_value(r.committed_at.unwrap_or(r.received_at).timestamp_micros());
+        json.append_value(serde_json::to_string(r).expect("receipt serializes"));
+    }
+    debug_assert_eq!(n, receipts.len());
+    RecordBatch::try_new(
+        batches_schema(),
+        vec![
+            std::sync::Arc::new(batch_id.finish()),
+            std::sync::Arc::new(table.finish()),
+            std::sync::Arc::new(source.finish()),
+            std::sync::Arc::new(key.finish()),
+            std::sync::Arc::new(seq.finish()),
+            std::sync::Arc::new(format.finish()),
+            std::sync::Arc::new(atomic.finish()),
+            std::sync::Arc::new(received.finish()),
+            std::sync::Arc::new(accepted.finish()),
+            std::sync::Arc::new(rejected.finish()),
+            std::sync::Arc::new(version.finish()),
+            std::sync::Arc::new(received_at.finish()),
+            std::sync::Arc::new(committed_at.finish()),
+            std::sync::Arc::new(json.finish()),
+        ],
+    )
+}

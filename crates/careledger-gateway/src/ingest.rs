@@ -1,0 +1,328 @@
+//! `POST /v1/ingest/{table}`: authenticate, decode, validate column-wise, then group-commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{Array, RecordBatch, StringArray};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use careledger_model::{RowError, Table, ValidationContext, mask_id, validate_batch};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use crate::AppState;
+use crate::auth::Role;
+use crate::commit::{Admission, Job};
+use crate::decode::{BodyFormat, decode};
+use crate::problem::Problem;
+use crate::receipt::{MAX_RECEIPT_ERRORS, Receipt};
+
+/// Query parameters of an ingest request.
+#[derive(Debug, Deserialize)]
+pub struct IngestParams {
+    /// true (default): one invalid row refuses the whole batch.
+    pub atomic: Option<bool>,
+    /// true: validate and answer, store nothing.
+    pub dry_run: Option<bool>,
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Problem> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                Problem::bad_request("bad-header", format!("header {name} is not visible ASCII"))
+            })
+        })
+        .transpose()
+}
+
+pub async fn ingest(
+    State(state): State<Arc<AppState>>,
+    Path(table_name): Path<String>,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let received_at = Utc::now();
+    let principal = state.tokens.authenticate(&headers)?;
+    let table = Table::parse(&table_name).ok_or_else(|| {
+        let names: Vec<&str> = Table::ALL.iter().map(|t| t.as_str()).collect();
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-table",
+            format!(
+                "there is no table {table_name:?}; the pushed tables are {}",
+                names.join(", ")
+            ),
+        )
+    })?;
+    let Role::Source(source) = &principal.role else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token {} has role {}; only a source token (source:<id>) may push records",
+                principal.name,
+                principal.role.as_string()
+            ),
+        ));
+    };
+    let format =
+        BodyFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE.as_str())?)?;
+    let key = header_str(&headers, "idempotency-key")?.map(str::to_string);
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 200) {
+        return Err(Problem::bad_request(
+            "bad-idempotency-key",
+            "Idempotency-Key must be 1 to 200 characters",
+        ));
+    }
+    let seq = header_str(&headers, "batch-seq")?
+        .map(|s| s.trim().parse::<i64>().ok().filter(|v| *v >= 0))
+        .map(|v| {
+            v.ok_or_else(|| {
+                Problem::bad_request("bad-batch-seq", "Batch-Seq must be a non-negative integer")
+            })
+        })
+        .transpose()?;
+    let atomic = params.atomic.unwrap_or(true);
+    let dry_run = params.dry_run.unwrap_or(false);
+
+    let bytes = axum::body::to_bytes(body, state.config.max_body_bytes)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| {
+                s.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+            }) || e.to_string().contains("length limit");
+            if too_large {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    format!(
+                        "the body exceeds the limit of {} bytes; split it into smaller batches",
+                        state.config.max_body_bytes
+                    ),
+                )
+            } else {
+                Problem::bad_request("body-read", format!("could not read the body: {e}"))
+            }
+        })?;
+
+    // Duplicates are answered before any work on the body.
+    let admission = if dry_run {
+        Admission::Fresh { seq_gap: None }
+    } else {
+        state.committer.dedup.admit(source, key.as_deref(), seq)?
+    };
+    let seq_gap = match admission {
+        Admission::Duplicate(r) => return Ok((StatusCode::OK, Json(*r)).into_response()),
+        Admission::Fresh { seq_gap } => seq_gap,
+    };
+    let mut receipt = Receipt {
+        batch_id: uuid::Uuid::now_v7().to_string(),
+        table: table.as_str().to_string(),
+        source: source.clone(),
+        format: format.as_str().to_string(),
+        atomic,
+        dry_run,
+        duplicate: false,
+        rows_received: 0,
+        rows_accepted: 0,
+        rows_rejected: 0,
+        error_count: 0,
+        errors: Vec::new(),
+        idempotency_key: key.clone(),
+        batch_seq: seq,
+        seq_gap,
+        table_version: None,
+        commit_group: None,
+        received_at,
+        committed_at: None,
+    };
+    let prepared = prepare(&state, table, source, format, &bytes, &mut receipt);
+    let (stored, rejects) = match prepared {
+        Ok(x) => x,
+        Err(p) => {
+            if !dry_run {
+                state.committer.dedup.release(&receipt, false);
+            }
+            return Err(p);
+        }
+    };
+    if dry_run {
+        return Ok((StatusCode::OK, Json(receipt)).into_response());
+    }
+    if atomic && receipt.rows_rejected > 0 {
+        state.committer.dedup.release(&receipt, false);
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-rows",
+            format!(
+                "{} of {} rows are invalid, so nothing was stored (atomic=true); fix them, or send atomic=false to store the valid rows",
+                receipt.rows_rejected, receipt.rows_received
+            ),
+        )
+        .with("receipt", serde_json::to_value(&receipt).expect("receipt serializes")));
+    }
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        receipt: receipt.clone(),
+        stored,
+        rejects,
+        reply,
+    };
+    if let Err(p) = state.committer.submit(table, job).await {
+        state.committer.dedup.release(&receipt, false);
+        return Err(p);
+    }
+    match answer.await {
+        Ok(Ok(r)) => Ok((StatusCode::OK, Json(r)).into_response()),
+        Ok(Err(p)) => Err(p),
+        Err(_) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the commit task stopped; nothing was acknowledged, retry with the same Idempotency-Key",
+        )),
+    }
+}
+
+type Prepared = (Vec<RecordBatch>, Option<RecordBatch>);
+
+/// Decodes and validates; fills the counts and errors of `receipt`.
+fn prepare(
+    state: &AppState,
+    table: Table,
+    source: &str,
+    format: BodyFormat,
+    bytes: &[u8],
+    receipt: &mut Receipt,
+) -> Result<Prepared, Problem> {
+    let spec = table.spec();
+    let wire = decode(format, bytes, &spec.wire_schema())?;
+    let ctx = ValidationContext {
+        source,
+        today: Utc::now().date_naive(),
+        key: &state.key,
+        batch_id: &receipt.batch_id,
+        ingested_at: receipt.received_at,
+    };
+    let mut stored = Vec::with_capacity(wire.len());
+    let mut errors: Vec<RowError> = Vec::new();
+    let mut reject_rows: Vec<(usize, Vec<RowError>, Map<String, Value>)> = Vec::new();
+    let mut first_row = 0;
+    for batch in &wire {
+        let v = validate_batch(spec, batch, &ctx, first_row)
+            .map_err(|e| Problem::internal("validation", &e))?;
+        receipt.rows_received += v.rows;
+        receipt.rows_accepted += v.stored.num_rows();
+        receipt.rows_rejected += v.rejected.len();
+        if !receipt.atomic && !v.rejected.is_empty() {
+            let mut by_row: HashMap<usize, Vec<RowError>> = HashMap::new();
+            for e in &v.errors {
+                by_row.entry(e.row).or_default().push(e.clone());
+            }
+            for &i in &v.rejected {
+                let row = first_row + i + 1;
+                reject_rows.push((
+                    row,
+                    by_row.remove(&row).unwrap_or_default(),
+                    raw_row(batch, i),
+                ));
+            }
+        }
+        errors.extend(v.errors);
+        if v.stored.num_rows() > 0 {
+            stored.push(v.stored);
+        }
+        first_row += v.rows;
+    }
+    if receipt.rows_received == 0 {
+        return Err(Problem::bad_request(
+            "empty-batch",
+            "the body holds no rows",
+        ));
+    }
+    receipt.error_count = errors.len();
+    errors.truncate(MAX_RECEIPT_ERRORS);
+    receipt.errors = errors;
+    let rejects = (!reject_rows.is_empty())
+        .then(|| rejects_batch(&reject_rows, receipt))
+        .transpose()
+        .map_err(|e| Problem::internal("building rejects", &e))?;
+    Ok((stored, rejects))
+}
+
+/// The sent row as JSON, with the ID number masked.
+fn raw_row(batch: &RecordBatch, i: usize) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        let Some(col) = col.as_any().downcast_ref::<StringArray>() else {
+            continue;
+        };
+        if col.is_null(i) {
+            continue;
+        }
+        let v = col.value(i);
+        let v = if f.name() == "id_number" {
+            mask_id(v)
+        } else {
+            v.to_string()
+        };
+        out.insert(f.name().clone(), Value::String(v));
+    }
+    out
+}
+
+fn rejects_batch(
+    rows: &[(usize, Vec<RowError>, Map<String, Value>)],
+    receipt: &Receipt,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut batch_id = StringBuilder::new();
+    let mut table = StringBuilder::new();
+    let mut source = StringBuilder::new();
+    let mut row = Int64Builder::new();
+    let mut codes = StringBuilder::new();
+    let mut messages = StringBuilder::new();
+    let mut raw = StringBuilder::new();
+    let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for (n, errs, obj) in rows {
+        batch_id.append_value(&receipt.batch_id);
+        table.append_value(&receipt.table);
+        source.append_value(&receipt.source);
+        row.append_value(*n as i64);
+        codes.append_value(
+            errs.iter()
+                .map(|e| e.code.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        messages.append_value(
+            errs.iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+        raw.append_value(Value::Object(obj.clone()).to_string());
+        at.append_value(receipt.received_at.timestamp_micros());
+    }
+    RecordBatch::try_new(
+        careledger_store::rejects_schema(),
+        vec![
+            Arc::new(batch_id.finish()),
+            Arc::new(table.finish()),
+            Arc::new(source.finish()),
+            Arc::new(row.finish()),
+            Arc::new(codes.finish()),
+            Arc::new(messages.finish()),
+            Arc::new(raw.finish()),
+            Arc::new(at.finish()),
+        ],
+    )
+}

@@ -1,0 +1,166 @@
+//! Retried Idempotency-Keys and replayed Batch-Seqs store nothing, also after a restart.
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::{Harness, assert_problem, ndjson, post_to, woman};
+
+#[tokio::test]
+async fn a_retried_idempotency_key_returns_the_original_receipt_and_stores_nothing() {
+    let h = Harness::new().await;
+    let tok = h.tok("civil_affairs");
+    let rows: Vec<Value> = (0..4).map(|n| woman(n, "civil_affairs")).collect();
+    let hdr = [("idempotency-key", "push-2024-05-01-a")];
+    let (s, _, first) = h
+        .post(
+            "/v1/ingest/women",
+            tok,
+            "application/x-ndjson",
+            ndjson(&rows),
+            &hdr,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    assert_eq!(first["duplicate"], false);
+    let (s, _, again) = h
+        .post(
+            "/v1/ingest/women",
+            tok,
+            "application/x-ndjson",
+            ndjson(&rows),
+            &hdr,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["batch_id"], first["batch_id"]);
+    assert_eq!(again["table_version"], first["table_version"]);
+    assert_eq!(h.count("women").await, 4);
+
+    // Keys are per source: the same key from another source is a different batch.
+    let mut other: Vec<Value> = rows.clone();
+    for r in &mut other {
+        r["source"] = "health".into();
+    }
+    let (s, _, r) = h
+        .post(
+            "/v1/ingest/women",
+            h.tok("health"),
+            "application/x-ndjson",
+            ndjson(&other),
+            &hdr,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["duplicate"], false);
+    assert_eq!(h.count("women").await, 8);
+
+    // After a restart (a new gateway on the same directory) the key is still known.
+    let (_state, app) = h.reopen().await;
+    let (s, _, r) = post_to(
+        &app,
+        "/v1/ingest/women",
+        tok,
+        "application/x-ndjson",
+        ndjson(&rows),
+        &hdr,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["duplicate"], true);
+    assert_eq!(r["batch_id"], first["batch_id"]);
+    assert_eq!(h.count("women").await, 8);
+}
+
+#[tokio::test]
+async fn a_replayed_batch_seq_is_refused_and_a_gap_is_reported() {
+    let h = Harness::new().await;
+    let tok = h.tok("civil_affairs");
+    let send = |n: u32, seq: &'static str| {
+        let rows = vec![woman(n, "civil_affairs")];
+        let app = h.app.clone();
+        let tok = tok.to_string();
+        async move {
+            post_to(
+                &app,
+                "/v1/ingest/women",
+                &tok,
+                "application/x-ndjson",
+                ndjson(&rows),
+                &[("batch-seq", seq)],
+            )
+            .await
+        }
+    };
+    let (s, _, r) = send(1, "1").await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(r["seq_gap"].is_null());
+    let (s, headers, r) = send(2, "1").await;
+    assert_problem(&headers, &r, StatusCode::CONFLICT, s);
+    assert_eq!(r["duplicate"], true);
+    let (s, _, r) = send(3, "4").await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["seq_gap"]["expected"], 2);
+    assert_eq!(r["seq_gap"]["got"], 4);
+    assert_eq!(h.count("women").await, 2);
+
+    // After a restart the sequence comes back from the Delta transactions.
+    let (_state, app) = h.reopen().await;
+    let rows = vec![woman(9, "civil_affairs")];
+    for seq in ["3", "4"] {
+        let (s, headers, r) = post_to(
+            &app,
+            "/v1/ingest/women",
+            tok,
+            "application/x-ndjson",
+            ndjson(&rows),
+            &[("batch-seq", seq)],
+        )
+        .await;
+        assert_problem(&headers, &r, StatusCode::CONFLICT, s);
+    }
+    let (s, _, r) = post_to(
+        &app,
+        "/v1/ingest/women",
+        tok,
+        "application/x-ndjson",
+        ndjson(&rows),
+        &[("batch-seq", "5")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(h.count("women").await, 3);
+}
+
+#[tokio::test]
+async fn a_second_gateway_process_on_the_same_store_refuses_a_committed_key() {
+    // Two gateways opened on one directory; the second did not see the first's commit at
+    // start-up, so only the Delta transaction in the table can tell it.
+    let h = Harness::new().await;
+    let (_state2, app2) = h.reopen().await;
+    let tok = h.tok("civil_affairs");
+    let rows = vec![woman(1, "civil_affairs")];
+    let hdr = [("idempotency-key", "shared-key")];
+    let (s, _, r) = h
+        .post(
+            "/v1/ingest/women",
+            tok,
+            "application/x-ndjson",
+            ndjson(&rows),
+            &hdr,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (s, headers, r) = post_to(
+        &app2,
+        "/v1/ingest/women",
+        tok,
+        "application/x-ndjson",
+        ndjson(&rows),
+        &hdr,
+    )
+    .await;
+    assert_problem(&headers, &r, StatusCode::CONFLICT, s);
+    assert_eq!(r["duplicate"], true);
+    assert_eq!(h.count("women").await, 1);
+}
