@@ -116,13 +116,13 @@ impl Dedup {
                 .with("duplicate", true.into()));
             }
             let highest = mine.iter().copied().chain(committed).max();
-            if let Some(h) = highest {
-                if seq > h + 1 {
-                    gap = Some(SeqGap {
-                        expected: h + 1,
-                        got: seq,
-                    });
-                }
+            if let Some(h) = highest
+                && seq > h + 1
+            {
+                gap = Some(SeqGap {
+                    expected: h + 1,
+                    got: seq,
+                });
             }
             mine.insert(seq);
         }
@@ -153,15 +153,14 @@ impl Dedup {
                 *e = (*e).max(seq);
             }
         }
-        if let Some(seq) = receipt.batch_seq {
-            if let Some(set) = self
+        if let Some(seq) = receipt.batch_seq
+            && let Some(set) = self
                 .reserved_seq
                 .lock()
                 .expect("lock")
                 .get_mut(&receipt.source)
-            {
-                set.remove(&seq);
-            }
+        {
+            set.remove(&seq);
         }
         self.release_key(&receipt.source, receipt.idempotency_key.as_deref());
     }
@@ -355,8 +354,8 @@ async fn commit_group(table: Table, jobs: Vec<Job>, store: &Store, dedup: &Dedup
     };
     // Rejected rows first: if their commit fails, nothing of the group is stored.
     let rejects: Vec<RecordBatch> = jobs.iter().filter_map(|j| j.rejects.clone()).collect();
-    if !rejects.is_empty() {
-        if let Err(e) = store
+    if !rejects.is_empty()
+        && let Err(e) = store
             .append(
                 REJECTS,
                 Append {
@@ -365,11 +364,10 @@ async fn commit_group(table: Table, jobs: Vec<Job>, store: &Store, dedup: &Dedup
                 },
             )
             .await
-        {
-            let msg = e.to_string();
-            fail(jobs, &|| Problem::internal("storing rejected rows", &msg));
-            return;
-        }
+    {
+        let msg = e.to_string();
+        fail(jobs, &|| Problem::internal("storing rejected rows", &msg));
+        return;
     }
     let group = jobs.len();
     let committed_at = Utc::now();

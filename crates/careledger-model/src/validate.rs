@@ -523,19 +523,19 @@ fn dates<'b>(parsed: &'b HashMap<&str, Parsed<'_>>, name: &str) -> &'b [Option<i
 fn date_order(parsed: &HashMap<&str, Parsed<'_>>, start: &str, end: &str, p: &mut Problems) {
     let (s, e) = (dates(parsed, start), dates(parsed, end));
     for (i, (s, e)) in s.iter().zip(e).enumerate() {
-        if let (Some(s), Some(e)) = (s, e) {
-            if e < s {
-                p.add(
-                    i,
-                    end,
-                    "before_start",
-                    format!(
-                        "{end} {} is before {start} {}",
-                        from_epoch_days(*e),
-                        from_epoch_days(*s)
-                    ),
-                );
-            }
+        if let (Some(s), Some(e)) = (s, e)
+            && e < s
+        {
+            p.add(
+                i,
+                end,
+                "before_start",
+                format!(
+                    "{end} {} is before {start} {}",
+                    from_epoch_days(*e),
+                    from_epoch_days(*s)
+                ),
+            );
         }
     }
 }
