@@ -19,11 +19,18 @@ use tower::ServiceExt;
 const BATCH_ROWS: usize = 10_000;
 
 fn body(batch: usize) -> String {
-    let measures = [("M1", "dibao_enrolment"), ("M2", "skills_training"), ("M3", "two_cancers_screening"), ("M4", "legal_aid"), ("M5", "parenting_class")];
+    let measures = [
+        ("M1", "dibao_enrolment"),
+        ("M2", "skills_training"),
+        ("M3", "two_cancers_screening"),
+        ("M4", "legal_aid"),
+        ("M5", "parenting_class"),
+    ];
     let mut out = String::with_capacity(BATCH_ROWS * 330);
     for i in 0..BATCH_ROWS {
         let n = batch * BATCH_ROWS + i;
-        let birth = NaiveDate::from_ymd_opt(1965, 1, 1).unwrap() + chrono::TimeDelta::days((n % 12_000) as i64);
+        let birth = NaiveDate::from_ymd_opt(1965, 1, 1).unwrap()
+            + chrono::TimeDelta::days((n % 12_000) as i64);
         let id = ResidentId::synthesize("450123", birth, ((n / 12_000) * 2 % 1000) as u16);
         let (m, t) = measures[n % measures.len()];
         out.push_str(&format!(
@@ -41,9 +48,24 @@ async fn run(total_rows: usize, concurrency: usize) -> (Duration, usize, u64) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path().to_str().unwrap()).await.unwrap());
     let tokens = Arc::new(TokenRegistry::in_memory());
-    let token = tokens.create("health", &Role::Source("health".into()), None).unwrap();
-    let config = GatewayConfig { commit: CommitConfig { window: Duration::from_millis(50), max_rows: 200_000 }, ..GatewayConfig::default() };
-    let state = AppState::start(store.clone(), tokens, PseudonymKey::new(b"bench-secret-0123456789").unwrap(), config).await.unwrap();
+    let token = tokens
+        .create("health", &Role::Source("health".into()), None)
+        .unwrap();
+    let config = GatewayConfig {
+        commit: CommitConfig {
+            window: Duration::from_millis(50),
+            max_rows: 200_000,
+        },
+        ..GatewayConfig::default()
+    };
+    let state = AppState::start(
+        store.clone(),
+        tokens,
+        PseudonymKey::new(b"bench-secret-0123456789").unwrap(),
+        config,
+    )
+    .await
+    .unwrap();
     let app = router(state.clone());
     let batches = total_rows / BATCH_ROWS;
     let bodies: Vec<String> = (0..batches).map(body).collect();
@@ -58,7 +80,9 @@ async fn run(total_rows: usize, concurrency: usize) -> (Duration, usize, u64) {
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let Some(b) = queue.lock().unwrap().pop() else { break };
+                let Some(b) = queue.lock().unwrap().pop() else {
+                    break;
+                };
                 let req = Request::post("/v1/ingest/services")
                     .header("content-type", "application/x-ndjson")
                     .header("authorization", format!("Bearer {token}"))
@@ -67,7 +91,11 @@ async fn run(total_rows: usize, concurrency: usize) -> (Duration, usize, u64) {
                 let resp = app.clone().oneshot(req).await.unwrap();
                 let status = resp.status();
                 let body = resp.into_body().collect().await.unwrap().to_bytes();
-                assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&body));
+                assert!(
+                    status.is_success(),
+                    "{status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
             }
         }));
     }
@@ -81,13 +109,29 @@ async fn run(total_rows: usize, concurrency: usize) -> (Duration, usize, u64) {
 }
 
 fn main() {
-    let total: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    println!("ingest: {total} rows of services in {BATCH_ROWS}-row NDJSON batches, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
-    println!("{:>11} | {:>9} | {:>11} | {:>7} | {:>7}", "concurrency", "seconds", "rows/s", "MB/s", "commits");
+    let total: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "ingest: {total} rows of services in {BATCH_ROWS}-row NDJSON batches, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:>11} | {:>9} | {:>11} | {:>7} | {:>7}",
+        "concurrency", "seconds", "rows/s", "MB/s", "commits"
+    );
     for c in [1, 4, 16] {
         let (elapsed, bytes, commits) = rt.block_on(run(total, c));
         let secs = elapsed.as_secs_f64();
-        println!("{c:>11} | {secs:>9.2} | {:>11.0} | {:>7.1} | {commits:>7}", total as f64 / secs, bytes as f64 / secs / 1e6);
+        println!(
+            "{c:>11} | {secs:>9.2} | {:>11.0} | {:>7.1} | {commits:>7}",
+            total as f64 / secs,
+            bytes as f64 / secs / 1e6
+        );
     }
 }

@@ -386,7 +386,14 @@ async fn commit_group(table: Table, jobs: Vec<Job>, store: &Store, dedup: &Dedup
             *e = (*e).max(s);
         }
     }
-    let batches: Vec<RecordBatch> = jobs.iter().flat_map(|j| j.stored.iter().cloned()).collect();
+    // Transaction time is the group's commit time, taken just before the commit, so that
+    // every row of one commit carries one `ingested_at` and a later commit a later one.
+    let batches: Vec<RecordBatch> = jobs
+        .iter()
+        .flat_map(|j| j.stored.iter())
+        .map(|b| stamp_ingested_at(b, committed_at))
+        .collect::<Result<_, _>>()
+        .expect("ingested_at is a column of every stored schema");
     let append = Append {
         batches,
         txns: txns.into_iter().collect(),
@@ -429,6 +436,20 @@ async fn commit_group(table: Table, jobs: Vec<Job>, store: &Store, dedup: &Dedup
         dedup.release(&r, true);
         let _ = j.reply.send(Ok(r));
     }
+}
+
+fn stamp_ingested_at(
+    batch: &RecordBatch,
+    at: chrono::DateTime<Utc>,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let schema = batch.schema();
+    let idx = schema.index_of("ingested_at")?;
+    let mut columns = batch.columns().to_vec();
+    columns[idx] = std::sync::Arc::new(
+        arrow_array::TimestampMicrosecondArray::from(vec![at.timestamp_micros(); batch.num_rows()])
+            .with_timezone("UTC"),
+    );
+    RecordBatch::try_new(schema, columns)
 }
 
 fn receipts_batch(receipts: &[Receipt]) -> Result<RecordBatch, arrow_schema::ArrowError> {

@@ -1,0 +1,123 @@
+//! Store tests: creation, additive schema evolution, refusal of unknown columns, memory://.
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Field, Schema};
+use careledger_model::Table;
+use careledger_store::{Append, BATCHES, Store, StoreError, all_tables};
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+
+async fn create_table_with(dir: &std::path::Path, name: &str, schema: &Schema) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path).unwrap();
+    let url = url::Url::from_directory_path(&path).unwrap();
+    let table = deltalake::DeltaTableBuilder::from_url(url)
+        .unwrap()
+        .build()
+        .unwrap();
+    let kernel: StructType = schema.try_into_kernel().unwrap();
+    table
+        .create()
+        .with_columns(kernel.fields().cloned())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn open_creates_every_table_and_reopens_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    for (name, schema) in all_tables() {
+        let t = store.table(name).await.unwrap();
+        assert_eq!(t.version(), Some(0), "{name}");
+        assert_eq!(
+            t.snapshot()
+                .unwrap()
+                .snapshot()
+                .arrow_schema()
+                .fields()
+                .len(),
+            schema.fields().len(),
+            "{name}"
+        );
+        assert!(dir.path().join(name).join("_delta_log").is_dir());
+    }
+    drop(store);
+    let again = Store::open(&format!("file://{}", dir.path().display()))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.table("women").await.unwrap().version(),
+        Some(0),
+        "reopening creates nothing new"
+    );
+}
+
+#[tokio::test]
+async fn a_column_added_to_the_contract_is_added_to_the_stored_table() {
+    let dir = tempfile::tempdir().unwrap();
+    // A `women` table written by an older contract that had no `education` column.
+    let full = Table::Women.spec().stored_schema();
+    let older = Schema::new(
+        full.fields()
+            .iter()
+            .filter(|f| f.name() != "education")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    create_table_with(dir.path(), "women", &older).await;
+    let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    let t = store.table("women").await.unwrap();
+    let schema = t.snapshot().unwrap().snapshot().arrow_schema();
+    assert!(schema.field_with_name("education").unwrap().is_nullable());
+    assert_eq!(t.version(), Some(1), "one commit added the column");
+}
+
+#[tokio::test]
+async fn an_unknown_column_in_the_store_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = Table::Women.spec().stored_schema();
+    let mut fields: Vec<Field> = full.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        "added_by_a_newer_version",
+        arrow_schema::DataType::Utf8,
+        true,
+    ));
+    create_table_with(dir.path(), "women", &Schema::new(fields)).await;
+    let err = Store::open(dir.path().to_str().unwrap()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Incompatible { .. }), "{err}");
+    assert!(err.to_string().contains("added_by_a_newer_version"));
+}
+
+#[tokio::test]
+async fn memory_store_appends_with_transactions_and_metadata() {
+    let store = Store::open("memory://").await.unwrap();
+    let schema = careledger_store::batches_schema();
+    let empty = RecordBatch::new_empty(schema.clone());
+    let v = store
+        .append(
+            BATCHES,
+            Append {
+                batches: vec![empty],
+                txns: vec![("app.a".into(), 7)],
+                metadata: vec![("careledger.test".into(), serde_json::json!([1, 2]))],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    assert_eq!(
+        store
+            .txn_versions(BATCHES, &["app.a".into(), "app.b".into()])
+            .await
+            .unwrap(),
+        vec![Some(7), None]
+    );
+    assert_eq!(
+        store
+            .commit_metadata(BATCHES, "careledger.test")
+            .await
+            .unwrap(),
+        vec![serde_json::json!([1, 2])]
+    );
+}
