@@ -206,7 +206,12 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn start(store: Arc<Store>, dedup: Arc<Dedup>, config: CommitConfig) -> Committer {
+    pub fn start(
+        store: Arc<Store>,
+        dedup: Arc<Dedup>,
+        config: CommitConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Committer {
         let mut senders = HashMap::new();
         let mut handles = Vec::new();
         for t in Table::ALL {
@@ -218,6 +223,7 @@ impl Committer {
                 store.clone(),
                 dedup.clone(),
                 config,
+                metrics.clone(),
             )));
         }
         Committer {
@@ -262,6 +268,7 @@ async fn run(
     store: Arc<Store>,
     dedup: Arc<Dedup>,
     config: CommitConfig,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut rows: usize = first.stored.iter().map(RecordBatch::num_rows).sum();
@@ -276,7 +283,7 @@ async fn run(
                 Ok(None) | Err(_) => break,
             }
         }
-        commit_group(table, jobs, &store, &dedup).await;
+        commit_group(table, jobs, &store, &dedup, &metrics).await;
     }
 }
 
@@ -338,7 +345,13 @@ async fn drop_remote_duplicates(
     Ok(keep)
 }
 
-async fn commit_group(table: Table, jobs: Vec<Job>, store: &Store, dedup: &Dedup) {
+async fn commit_group(
+    table: Table,
+    jobs: Vec<Job>,
+    store: &Store,
+    dedup: &Dedup,
+    metrics: &crate::metrics::Metrics,
+) {
     let jobs = match drop_remote_duplicates(table, jobs, store, dedup).await {
         Ok(j) => j,
         Err(_) => return, // replies were dropped: senders see a 503 from the closed channel
@@ -402,8 +415,12 @@ async fn commit_group(table: Table, jobs: Vec<Job>, store: &Store, dedup: &Dedup
             serde_json::to_value(&receipts).expect("receipts serialize"),
         )],
     };
+    let commit_started = std::time::Instant::now();
     let version = match store.append(table.as_str(), append).await {
-        Ok(v) => v,
+        Ok(v) => {
+            metrics.commit(commit_started.elapsed());
+            v
+        }
         Err(e) => {
             let msg = e.to_string();
             fail(jobs, &|| Problem::internal("committing the batch", &msg));

@@ -183,7 +183,10 @@ pub async fn ingest(
         return Err(p);
     }
     match answer.await {
-        Ok(Ok(r)) => Ok((StatusCode::OK, Json(r)).into_response()),
+        Ok(Ok(r)) => {
+            state.metrics.ingest(r.rows_accepted, r.rows_rejected);
+            Ok((StatusCode::OK, Json(r)).into_response())
+        }
         Ok(Err(p)) => Err(p),
         Err(_) => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

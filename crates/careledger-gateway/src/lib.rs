@@ -1,11 +1,17 @@
 //! The HTTP gateway: the only crate that knows HTTP. Integrating systems push ledger updates to
 //! `POST /v1/ingest/{table}`; the gateway validates, pseudonymises and group-commits them.
 
+pub mod audit;
 pub mod auth;
 pub mod commit;
 pub mod decode;
+pub mod disclosure;
 pub mod ingest;
+pub mod metrics;
+pub mod openapi;
+pub mod output;
 pub mod problem;
+pub mod query;
 pub mod receipt;
 
 use std::sync::Arc;
@@ -15,11 +21,14 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use careledger_model::PseudonymKey;
+use careledger_model::status::RuleParams;
 use careledger_store::Store;
+use careledger_warehouse::Warehouse;
 
 pub use auth::{Principal, Role, TokenRegistry};
 pub use commit::{CommitConfig, Committer, Dedup};
 pub use problem::Problem;
+pub use query::QueryConfig;
 pub use receipt::Receipt;
 
 /// Gateway settings.
@@ -28,6 +37,7 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub commit: CommitConfig,
+    pub query: QueryConfig,
 }
 
 impl Default for GatewayConfig {
@@ -36,6 +46,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(60),
             commit: CommitConfig::default(),
+            query: QueryConfig::default(),
         }
     }
 }
@@ -48,6 +59,11 @@ pub struct AppState {
     pub key: PseudonymKey,
     pub committer: Committer,
     pub config: GatewayConfig,
+    pub warehouse: Warehouse,
+    pub query: QueryConfig,
+    pub cache: query::ResultCache,
+    pub metrics: Arc<metrics::Metrics>,
+    pub audit_log: audit::AuditLog,
 }
 
 impl AppState {
@@ -60,19 +76,66 @@ impl AppState {
     ) -> Result<Arc<AppState>, careledger_store::StoreError> {
         let dedup = Arc::new(Dedup::default());
         dedup.load(&store).await?;
-        let committer = Committer::start(store.clone(), dedup, config.commit);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let committer = Committer::start(store.clone(), dedup, config.commit, metrics.clone());
+        let warehouse = Warehouse::new(store.clone(), RuleParams::default())
+            .with_memory_limit(config.query.memory_limit);
+        let audit_log = audit::AuditLog::start(store.clone());
+        let query = config.query.clone();
         Ok(Arc::new(AppState {
             store,
             tokens,
             key,
             committer,
             config,
+            warehouse,
+            query,
+            cache: query::ResultCache::default(),
+            metrics,
+            audit_log,
         }))
+    }
+
+    pub(crate) fn audit(&self, entry: audit::AuditEntry) {
+        self.audit_log.record(entry);
+    }
+
+    /// Commits what is pending (batches, audit entries) and stops the background tasks.
+    pub async fn drain(&self) {
+        self.committer.drain().await;
+        self.audit_log.drain().await;
     }
 }
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> Result<&'static str, Problem> {
+    state
+        .store
+        .refresh(careledger_store::BATCHES)
+        .await
+        .map_err(|e| Problem::internal("reading the store", &e))?;
+    Ok("ready")
+}
+
+async fn metrics_text(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
 }
 
 /// Problem+json for paths that match no route.
@@ -93,13 +156,30 @@ pub fn ingest_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The query routes (SQL, reports, tables).
+pub fn query_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/sql", post(query::sql))
+        .route("/v1/reports", get(query::list_reports))
+        .route("/v1/reports/{name}", get(query::run_report))
+        .route("/v1/tables", get(query::tables))
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .with_state(state)
+}
+
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
     let timeout = state.config.request_timeout;
-    Router::new()
-        .merge(ingest_router(state))
+    let service: Router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/openapi.json", get(openapi_json))
+        .with_state(state.clone());
+    Router::new()
+        .merge(ingest_router(state.clone()))
+        .merge(query_router(state))
+        .merge(service)
         .fallback(not_found)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -42,6 +42,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// The gateway's own tables besides the pushed ones.
 pub const BATCHES: &str = "batches";
 pub const REJECTS: &str = "rejects";
+pub const AUDIT: &str = "audit";
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -82,6 +83,23 @@ pub fn rejects_schema() -> SchemaRef {
     ]))
 }
 
+/// `audit`: every query and report run: who, what, how many rows, how long, outcome.
+pub fn audit_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("at", ts(), false),
+        Field::new("token_name", DataType::Utf8, false),
+        Field::new("role", DataType::Utf8, false),
+        Field::new("scope", DataType::Utf8, true),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("request", DataType::Utf8, false),
+        Field::new("params", DataType::Utf8, true),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("duration_ms", DataType::Int64, false),
+        Field::new("status", DataType::Int64, false),
+        Field::new("outcome", DataType::Utf8, false),
+    ]))
+}
+
 /// Names and schemas of every table the store holds.
 pub fn all_tables() -> Vec<(&'static str, SchemaRef)> {
     let mut out: Vec<(&'static str, SchemaRef)> = Table::ALL
@@ -90,6 +108,7 @@ pub fn all_tables() -> Vec<(&'static str, SchemaRef)> {
         .collect();
     out.push((BATCHES, batches_schema()));
     out.push((REJECTS, rejects_schema()));
+    out.push((AUDIT, audit_schema()));
     out
 }
 

@@ -55,11 +55,50 @@ struct DerivedKey {
     rule: String,
 }
 
+/// What a snapshot may show its user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Access {
+    /// Region code prefix: only women who ever lived there, and regions inside it.
+    pub scope: Option<String>,
+    /// The `rejects` table (raw rows, IDs masked) is for operators only.
+    pub rejects: bool,
+}
+
+impl Access {
+    /// Everything (operators, internal use).
+    pub fn all() -> Access {
+        Access {
+            scope: None,
+            rejects: true,
+        }
+    }
+}
+
+/// Tables whose rows belong to one woman (`person_key`): filtered by scope.
+const PERSON_TABLES: [&str; 14] = [
+    "women",
+    "life_events",
+    "group_flags",
+    "services",
+    "registrations",
+    "raw_women",
+    "raw_life_events",
+    "raw_group_flags",
+    "raw_services",
+    "raw_registrations",
+    "people",
+    "status_episodes",
+    "residence",
+    "group_episodes",
+];
+
 /// Opens snapshots of a store and keeps the last derived tables while nothing changed.
 #[derive(Debug)]
 pub struct Warehouse {
     store: Arc<Store>,
     rule: RuleParams,
+    /// Bound on the memory a query may hold before it spills or fails.
+    memory_limit: Option<usize>,
     /// The most recently used derived tables, newest last (a few: a revisions report reads
     /// two instants).
     cache: Mutex<Vec<(DerivedKey, Arc<Derived>)>>,
@@ -89,6 +128,43 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+/// Replaces every person-level table by its rows for women who ever lived inside `scope`,
+/// and `ledger_runs` by its runs inside `scope`.
+async fn apply_scope(ctx: &SessionContext, scope: &str) -> Result<()> {
+    if scope.is_empty() || scope.len() > 12 || !scope.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(WarehouseError::BadParam {
+            name: "scope".into(),
+            message: format!("{scope:?} is not a region code prefix"),
+        });
+    }
+    let prefix = ScalarValue::Utf8(Some(scope.to_string()));
+    let persons = ctx
+        .sql("SELECT DISTINCT person_key FROM residence WHERE starts_with(region_code, $scope)")
+        .await?
+        .with_param_values(vec![("scope", prefix.clone())])?;
+    ctx.register_table("scope_persons_", persons.into_view())?;
+    let mut views = Vec::new();
+    for name in PERSON_TABLES {
+        let df = ctx
+            .sql(&format!(
+                "SELECT * FROM {name} WHERE person_key IN (SELECT person_key FROM scope_persons_)"
+            ))
+            .await?;
+        views.push((name.to_string(), df.into_view()));
+    }
+    let runs = ctx
+        .sql("SELECT * FROM ledger_runs WHERE starts_with(region_code, $scope)")
+        .await?
+        .with_param_values(vec![("scope", prefix)])?;
+    views.push(("ledger_runs".to_string(), runs.into_view()));
+    for (name, view) in views {
+        ctx.deregister_table(name.as_str())?;
+        ctx.register_table(name.as_str(), view)?;
+    }
+    ctx.deregister_table("scope_persons_")?;
+    Ok(())
+}
+
 fn quote(name: &str) -> String {
     format!("\"{name}\"")
 }
@@ -98,8 +174,16 @@ impl Warehouse {
         Warehouse {
             store,
             rule,
+            memory_limit: None,
             cache: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Bounds the memory of every query (DataFusion spills sorts and aggregations, or fails
+    /// the query with a resources-exhausted error).
+    pub fn with_memory_limit(mut self, bytes: usize) -> Warehouse {
+        self.memory_limit = Some(bytes);
+        self
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -112,10 +196,24 @@ impl Warehouse {
 
     /// A snapshot as known at `known_at` (None: now, the latest committed versions).
     pub async fn snapshot(&self, known_at: Option<DateTime<Utc>>) -> Result<Snapshot> {
+        self.snapshot_as(known_at, &Access::all()).await
+    }
+
+    /// A snapshot that shows only what `access` allows: every table a query can name is
+    /// filtered to the scope before any user SQL sees it.
+    pub async fn snapshot_as(
+        &self,
+        known_at: Option<DateTime<Utc>>,
+        access: &Access,
+    ) -> Result<Snapshot> {
         let config = SessionConfig::new()
             .with_target_partitions(2)
             .with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+        let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+        if let Some(limit) = self.memory_limit {
+            runtime = runtime.with_memory_limit(limit, 1.0);
+        }
+        let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
         let mut versions = BTreeMap::new();
         let mut names: Vec<&str> = Table::ALL.iter().map(|t| t.as_str()).collect();
         names.extend([BATCHES, REJECTS]);
@@ -206,6 +304,16 @@ impl Warehouse {
             }
         };
         derived.register(&ctx)?;
+        // The Delta providers stay reachable only through the views built on them.
+        for name in &names {
+            ctx.deregister_table(format!("delta_{name}"))?;
+        }
+        if !access.rejects {
+            ctx.deregister_table(REJECTS)?;
+        }
+        if let Some(scope) = &access.scope {
+            apply_scope(&ctx, scope).await?;
+        }
         Ok(Snapshot {
             ctx,
             known_at,

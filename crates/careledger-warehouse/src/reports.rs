@@ -21,7 +21,7 @@ use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use serde::Serialize;
 
-use crate::{Result, Snapshot, Warehouse, WarehouseError};
+use crate::{Access, Result, Snapshot, Warehouse, WarehouseError};
 
 /// A parameter's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,6 +54,8 @@ pub struct ReportSpec {
     pub params: Vec<ParamSpec>,
     /// For `revisions`: the report run at the frozen instant and now.
     pub compose: Option<String>,
+    /// `analyst` for case lists (one row per woman): never shown to dashboards.
+    pub audience: Option<String>,
     #[serde(skip)]
     pub sql: String,
 }
@@ -148,6 +150,7 @@ fn parse_report(file: &str, text: &str) -> std::result::Result<ReportSpec, Strin
         description: get("description")?,
         params,
         compose: fields.get("compose").cloned(),
+        audience: fields.get("audience").cloned(),
         sql: sql.trim().to_string(),
     })
 }
@@ -275,11 +278,22 @@ impl Snapshot {
 }
 
 impl Warehouse {
-    /// Runs a named report. `known_at` in `given` selects the snapshot (default: now).
+    /// Runs a named report with full access. `known_at` in `given` selects the snapshot.
     pub async fn run_report(
         &self,
         name: &str,
         given: &HashMap<String, String>,
+    ) -> Result<Vec<RecordBatch>> {
+        self.run_report_as(name, given, &Access::all()).await
+    }
+
+    /// Runs a named report on a snapshot limited by `access`. `known_at` in `given` selects
+    /// the snapshot (default: now).
+    pub async fn run_report_as(
+        &self,
+        name: &str,
+        given: &HashMap<String, String>,
+        access: &Access,
     ) -> Result<Vec<RecordBatch>> {
         let spec = find(name)?;
         let known_at = given
@@ -294,9 +308,9 @@ impl Warehouse {
             })
             .transpose()?;
         if let Some(inner) = &spec.compose {
-            return self.run_revisions(spec, inner, given).await;
+            return self.run_revisions(spec, inner, given, access).await;
         }
-        let snapshot = self.snapshot(known_at).await?;
+        let snapshot = self.snapshot_as(known_at, access).await?;
         snapshot.run_sql_report(spec, given).await
     }
 
@@ -307,6 +321,7 @@ impl Warehouse {
         spec: &ReportSpec,
         inner: &str,
         given: &HashMap<String, String>,
+        access: &Access,
     ) -> Result<Vec<RecordBatch>> {
         let inner_spec = find(inner)?;
         bind(spec, given)?; // refuses unknown or malformed parameters
@@ -329,7 +344,7 @@ impl Warehouse {
         let ctx = datafusion::prelude::SessionContext::new();
         for (name, at) in [("frozen", Some(frozen_at)), ("current", None)] {
             let df = self
-                .snapshot(at)
+                .snapshot_as(at, access)
                 .await?
                 .report_frame(inner_spec, &inner_params)
                 .await?;

@@ -189,7 +189,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         })
         .await?;
     tracing::info!("draining pending commits");
-    state.committer.drain().await;
+    state.drain().await;
     Ok(())
 }
 

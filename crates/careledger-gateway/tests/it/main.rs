@@ -4,6 +4,7 @@
 mod formats;
 mod idempotency;
 mod ingest;
+mod query;
 
 use std::collections::HashMap;
 use std::sync::Arc;

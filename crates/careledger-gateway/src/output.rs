@@ -1,0 +1,324 @@
+//! Query results in the format the caller asks for: JSON (columns with types, then rows), CSV,
+//! Arrow IPC stream or Parquet. Suppressed cells (dashboards) are null, listed in the JSON
+//! body, `*` in CSV, and named in the Arrow schema metadata (`careledger.suppressed`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
+use arrow_schema::{DataType, Schema, SchemaRef};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::disclosure::Suppression;
+use crate::problem::Problem;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Json,
+    Csv,
+    Arrow,
+    Parquet,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Arrow => "application/vnd.apache.arrow.stream",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Arrow => "arrow",
+            Format::Parquet => "parquet",
+        }
+    }
+
+    /// From `format=` (wins) or the `Accept` header; JSON by default.
+    pub fn choose(param: Option<&str>, accept: Option<&str>) -> Result<Format, Problem> {
+        if let Some(p) = param {
+            return match p {
+                "json" => Ok(Format::Json),
+                "csv" => Ok(Format::Csv),
+                "arrow" => Ok(Format::Arrow),
+                "parquet" => Ok(Format::Parquet),
+                other => Err(Problem::bad_request(
+                    "bad-format",
+                    format!("format={other} is not one of json, csv, arrow, parquet"),
+                )),
+            };
+        }
+        let Some(accept) = accept else {
+            return Ok(Format::Json);
+        };
+        for part in accept.split(',') {
+            let mime = part.split(';').next().unwrap_or_default().trim();
+            match mime {
+                "application/json" | "*/*" | "application/*" => return Ok(Format::Json),
+                "text/csv" => return Ok(Format::Csv),
+                "application/vnd.apache.arrow.stream" => return Ok(Format::Arrow),
+                "application/vnd.apache.parquet" | "application/x-parquet" => {
+                    return Ok(Format::Parquet);
+                }
+                _ => {}
+            }
+        }
+        Err(Problem::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-acceptable",
+            format!(
+                "cannot answer Accept: {accept}; use application/json, text/csv, application/vnd.apache.arrow.stream or application/vnd.apache.parquet"
+            ),
+        ))
+    }
+}
+
+/// One batch holding all rows (reports are small; SQL results are capped for JSON).
+pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, Problem> {
+    arrow_select::concat::concat_batches(schema, batches)
+        .map_err(|e| Problem::internal("assembling the result", &e))
+}
+
+fn type_name(dt: &DataType) -> String {
+    match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => "integer".into(),
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => "number".into(),
+        DataType::Decimal128(_, s) => format!("decimal({s})"),
+        DataType::Boolean => "boolean".into(),
+        DataType::Date32 | DataType::Date64 => "date".into(),
+        DataType::Timestamp(..) => "timestamp".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Plain, widely readable types for output: strings as Utf8 (not views or dictionaries).
+fn plain(batch: &RecordBatch) -> Result<RecordBatch, Problem> {
+    let mut fields = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        let target = match f.data_type() {
+            DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..) => DataType::Utf8,
+            other => other.clone(),
+        };
+        let col = if &target == c.data_type() {
+            c.clone()
+        } else {
+            arrow_cast::cast(c, &target).map_err(|e| Problem::internal("casting a column", &e))?
+        };
+        fields.push(f.as_ref().clone().with_data_type(target));
+        cols.push(col);
+    }
+    RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(
+            fields,
+            batch.schema().metadata().clone(),
+        )),
+        cols,
+    )
+    .map_err(|e| Problem::internal("result", &e))
+}
+
+fn cell(col: &ArrayRef, r: usize) -> Value {
+    if col.is_null(r) {
+        return Value::Null;
+    }
+    match col.data_type() {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32 => {
+            let c = arrow_cast::cast(&col.slice(r, 1), &DataType::Int64).expect("int");
+            json!(c.as_primitive::<Int64Type>().value(0))
+        }
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+            let c = arrow_cast::cast(&col.slice(r, 1), &DataType::Float64).expect("float");
+            json!(c.as_primitive::<Float64Type>().value(0))
+        }
+        DataType::Boolean => json!(col.as_boolean().value(r)),
+        _ => {
+            let options = arrow_cast::display::FormatOptions::default();
+            let f = arrow_cast::display::ArrayFormatter::try_new(col.as_ref(), &options)
+                .expect("displayable");
+            json!(f.value(r).to_string())
+        }
+    }
+}
+
+/// Hides suppressed cells (null).
+fn apply(batch: &RecordBatch, s: &Suppression) -> Result<RecordBatch, Problem> {
+    if s.cells.is_empty() {
+        return Ok(batch.clone());
+    }
+    let mut cols = Vec::new();
+    for (c, col) in batch.columns().iter().enumerate() {
+        let hide: Vec<bool> = (0..batch.num_rows())
+            .map(|r| s.cells.contains(&(r, c)))
+            .collect();
+        if !hide.contains(&true) {
+            cols.push(col.clone());
+            continue;
+        }
+        let keep = arrow_array::BooleanArray::from(hide.iter().map(|h| !h).collect::<Vec<_>>());
+        let nulls = new_null_array(col.data_type(), col.len());
+        cols.push(
+            arrow_select::zip::zip(&keep, col, &nulls)
+                .map_err(|e| Problem::internal("suppression", &e))?,
+        );
+    }
+    let cells: Vec<[usize; 2]> = s.cells.iter().map(|(r, c)| [*r, *c]).collect();
+    let mut metadata: HashMap<String, String> = batch.schema().metadata().clone();
+    metadata.insert(
+        "careledger.suppressed".into(),
+        serde_json::to_string(&cells).expect("json"),
+    );
+    // Hidden cells are nulls: every column may now hold them.
+    let fields: Vec<arrow_schema::Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
+    RecordBatch::try_new(schema, cols).map_err(|e| Problem::internal("suppression", &e))
+}
+
+/// Encodes a whole result. `suppression` is set for dashboard output.
+pub fn encode(
+    format: Format,
+    batch: &RecordBatch,
+    suppression: Option<&Suppression>,
+    json_row_cap: usize,
+) -> Result<Bytes, Problem> {
+    let batch = plain(batch)?;
+    let batch = match suppression {
+        Some(s) => apply(&batch, s)?,
+        None => batch,
+    };
+    match format {
+        Format::Json => {
+            if batch.num_rows() > json_row_cap {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "too-many-rows",
+                    format!(
+                        "the result has {} rows, more than the JSON limit of {json_row_cap}; ask for format=csv, arrow or parquet, or add a LIMIT",
+                        batch.num_rows()
+                    ),
+                ));
+            }
+            let schema = batch.schema();
+            let columns: Vec<Value> = schema
+                .fields()
+                .iter()
+                .map(|f| json!({"name": f.name(), "type": type_name(f.data_type())}))
+                .collect();
+            let rows: Vec<Value> = (0..batch.num_rows())
+                .map(|r| Value::Array(batch.columns().iter().map(|c| cell(c, r)).collect()))
+                .collect();
+            let mut body = json!({"columns": columns, "rows": rows, "row_count": batch.num_rows()});
+            if let Some(s) = suppression {
+                body["suppressed"] =
+                    json!(s.cells.iter().map(|(r, c)| [*r, *c]).collect::<Vec<_>>());
+                body["disclosure"] = json!(
+                    "cells below the threshold, and complementary cells, are null and listed in `suppressed` as [row, column]"
+                );
+            }
+            Ok(Bytes::from(body.to_string()))
+        }
+        Format::Csv => {
+            let batch = match suppression {
+                Some(s) if !s.cells.is_empty() => starred(&batch, s)?,
+                _ => batch,
+            };
+            let mut out = Vec::new();
+            {
+                let mut w = arrow_csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out);
+                w.write(&batch)
+                    .map_err(|e| Problem::internal("writing CSV", &e))?;
+            }
+            Ok(Bytes::from(out))
+        }
+        Format::Arrow => {
+            let mut out = Vec::new();
+            {
+                let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &batch.schema())
+                    .map_err(|e| Problem::internal("writing Arrow", &e))?;
+                w.write(&batch)
+                    .map_err(|e| Problem::internal("writing Arrow", &e))?;
+                w.finish()
+                    .map_err(|e| Problem::internal("writing Arrow", &e))?;
+            }
+            Ok(Bytes::from(out))
+        }
+        Format::Parquet => {
+            let mut out = Vec::new();
+            {
+                let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None)
+                    .map_err(|e| Problem::internal("writing Parquet", &e))?;
+                w.write(&batch)
+                    .map_err(|e| Problem::internal("writing Parquet", &e))?;
+                w.close()
+                    .map_err(|e| Problem::internal("writing Parquet", &e))?;
+            }
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
+/// Every column as text, suppressed cells as `*` (CSV for dashboards).
+fn starred(batch: &RecordBatch, s: &Suppression) -> Result<RecordBatch, Problem> {
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    let mut fields = Vec::new();
+    for (c, (f, col)) in batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .enumerate()
+    {
+        let text =
+            arrow_cast::cast(col, &DataType::Utf8).map_err(|e| Problem::internal("csv", &e))?;
+        let text = text.as_string::<i32>();
+        let values: Vec<Option<String>> = (0..batch.num_rows())
+            .map(|r| {
+                if s.cells.contains(&(r, c)) {
+                    Some("*".to_string())
+                } else {
+                    (!text.is_null(r)).then(|| text.value(r).to_string())
+                }
+            })
+            .collect();
+        cols.push(Arc::new(StringArray::from(values)));
+        fields.push(
+            f.as_ref()
+                .clone()
+                .with_data_type(DataType::Utf8)
+                .with_nullable(true),
+        );
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .map_err(|e| Problem::internal("csv", &e))
+}

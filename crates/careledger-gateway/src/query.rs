@@ -1,0 +1,500 @@
+//! Query serving: read-only SQL (`POST /v1/sql`), named reports (`GET /v1/reports/{name}`),
+//! the report catalog and the table list. Who may see what is decided here, once: the role of
+//! the token and its region scope select a [`careledger_warehouse::Access`], and every table a
+//! query can name is already filtered to it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use careledger_warehouse::{Access, WarehouseError, catalog, reports};
+use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SQLOptions;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::audit::AuditEntry;
+use crate::auth::{Principal, Role};
+use crate::disclosure::suppress;
+use crate::output::{Format, concat, encode};
+use crate::problem::Problem;
+
+/// Query limits and disclosure settings.
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    pub timeout: Duration,
+    /// Bytes of memory one query may hold (spilling where DataFusion can).
+    pub memory_limit: usize,
+    pub json_row_cap: usize,
+    /// Disclosure threshold k for dashboard output.
+    pub disclosure_k: i64,
+    /// Report responses kept for repeated identical requests.
+    pub cache_entries: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> QueryConfig {
+        QueryConfig {
+            timeout: Duration::from_secs(30),
+            memory_limit: 2 << 30,
+            json_row_cap: 100_000,
+            disclosure_k: 5,
+            cache_entries: 64,
+        }
+    }
+}
+
+/// A bounded cache of encoded report responses by ETag (least recently used out first).
+#[derive(Debug, Default)]
+pub struct ResultCache {
+    entries: Mutex<VecDeque<(String, Bytes)>>,
+}
+
+impl ResultCache {
+    fn get(&self, key: &str) -> Option<Bytes> {
+        let mut e = self.entries.lock().expect("lock");
+        let i = e.iter().position(|(k, _)| k == key)?;
+        let hit = e.remove(i).expect("present");
+        let body = hit.1.clone();
+        e.push_back(hit);
+        Some(body)
+    }
+
+    fn put(&self, key: String, body: Bytes, cap: usize) {
+        let mut e = self.entries.lock().expect("lock");
+        e.retain(|(k, _)| *k != key);
+        e.push_back((key, body));
+        while e.len() > cap {
+            e.pop_front();
+        }
+    }
+}
+
+fn access_of(p: &Principal) -> Access {
+    Access {
+        scope: p.scope.clone(),
+        rejects: p.role == Role::Admin,
+    }
+}
+
+fn forbid(p: &Principal, what: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "token {} (role {}) may not {what}",
+            p.name,
+            p.role.as_string()
+        ),
+    )
+}
+
+/// Maps warehouse and engine errors to HTTP: the caller's mistakes are 400, limits 503.
+fn query_problem(e: WarehouseError) -> Problem {
+    match e {
+        WarehouseError::BadParam { name, message } => {
+            Problem::bad_request("bad-parameter", format!("parameter {name}: {message}"))
+        }
+        WarehouseError::UnknownReport(n) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-report",
+            format!("there is no report named {n:?}; GET /v1/reports lists them"),
+        ),
+        WarehouseError::DataFusion(e) => datafusion_problem(e),
+        other => Problem::internal("the query", &other),
+    }
+}
+
+fn datafusion_problem(e: DataFusionError) -> Problem {
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(m) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "query-memory-limit",
+            format!(
+                "the query needed more memory than one query may use ({m}); narrow it or aggregate first"
+            ),
+        ),
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(..)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(..) => {
+            Problem::bad_request("bad-query", e.find_root().to_string())
+        }
+        DataFusionError::Execution(m) => Problem::bad_request("query-failed", m.clone()),
+        other => Problem::internal("the query", &other),
+    }
+}
+
+fn timeout_problem(t: Duration) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "query-timeout",
+        format!(
+            "the query ran longer than {} s and was stopped",
+            t.as_secs()
+        ),
+    )
+}
+
+fn json_to_scalar(name: &str, v: &Value) -> Result<ScalarValue, Problem> {
+    Ok(match v {
+        Value::String(s) => ScalarValue::Utf8(Some(s.clone())),
+        Value::Bool(b) => ScalarValue::Boolean(Some(*b)),
+        Value::Number(n) if n.is_i64() => ScalarValue::Int64(n.as_i64()),
+        Value::Number(n) => ScalarValue::Float64(n.as_f64()),
+        Value::Null => ScalarValue::Null,
+        _ => {
+            return Err(Problem::bad_request(
+                "bad-parameter",
+                format!("parameter {name} must be a string, number, boolean or null"),
+            ));
+        }
+    })
+}
+
+/// Body of `POST /v1/sql`.
+#[derive(Debug, Deserialize)]
+pub struct SqlRequest {
+    pub sql: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    pub known_at: Option<String>,
+}
+
+/// `format=` and `known_at=` beside the report parameters.
+fn split_query(q: &HashMap<String, String>) -> (Option<String>, HashMap<String, String>) {
+    let format = q.get("format").cloned();
+    let params = q
+        .iter()
+        .filter(|(k, _)| k.as_str() != "format")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (format, params)
+}
+
+fn respond(format: Format, body: Bytes, etag: Option<&str>) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    if let Some(v) = etag.and_then(|tag| HeaderValue::from_str(tag).ok()) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn known_at_of(text: Option<&String>) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
+    text.map(|t| {
+        reports::parse_instant(t).ok_or_else(|| {
+            Problem::bad_request(
+                "bad-parameter",
+                format!("known_at {t:?} is not an RFC 3339 instant or a date"),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// Runs a plan on its own task, so that the timeout fires even while an operator is busy,
+/// and aborts it when the time is up (the engine's streams yield cooperatively).
+async fn run_collect(
+    state: &AppState,
+    df: datafusion::dataframe::DataFrame,
+) -> Result<(SchemaRef, Vec<RecordBatch>), Problem> {
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let t = state.query.timeout;
+    let mut task = tokio::spawn(df.collect());
+    let batches = match tokio::time::timeout(t, &mut task).await {
+        Ok(joined) => joined
+            .map_err(|e| Problem::internal("the query task", &e))?
+            .map_err(datafusion_problem)?,
+        Err(_) => {
+            task.abort();
+            return Err(timeout_problem(t));
+        }
+    };
+    Ok((schema, batches))
+}
+
+/// `POST /v1/sql`: analysts and admins; read-only, single statement, bound parameters.
+pub async fn sql(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let started = Instant::now();
+    let p = state.tokens.authenticate(&headers)?;
+    if !matches!(p.role, Role::Analyst | Role::Admin) {
+        return Err(forbid(
+            &p,
+            "run SQL (dashboards use GET /v1/reports/{name}; sources only push)",
+        ));
+    }
+    let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "malformed-body",
+            format!("body must be JSON {{\"sql\": …, \"params\": {{…}}, \"known_at\": …}}: {e}"),
+        )
+    })?;
+    let format = Format::choose(
+        q.get("format").map(String::as_str),
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    )?;
+    let known_at = known_at_of(req.known_at.as_ref())?;
+    let outcome = async {
+        let snap = state
+            .warehouse
+            .snapshot_as(known_at, &access_of(&p))
+            .await
+            .map_err(query_problem)?;
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let mut df = snap
+            .ctx
+            .sql_with_options(&req.sql, options)
+            .await
+            .map_err(datafusion_problem)?;
+        if !req.params.is_empty() {
+            let values: Vec<(String, ScalarValue)> = req
+                .params
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), json_to_scalar(k, v)?)))
+                .collect::<Result<_, Problem>>()?;
+            df = df.with_param_values(values).map_err(datafusion_problem)?;
+        }
+        let (schema, batches) = run_collect(&state, df).await?;
+        let batch = concat(&schema, &batches)?;
+        let bytes = encode(format, &batch, None, state.query.json_row_cap)?;
+        Ok::<_, Problem>((batch.num_rows(), bytes))
+    }
+    .await;
+    state.audit(AuditEntry::new(
+        &p,
+        "sql",
+        &req.sql,
+        Some(json!(req.params).to_string()),
+        &outcome,
+        started,
+    ));
+    state.metrics.query(started.elapsed());
+    let (_, bytes) = outcome?;
+    Ok(respond(format, bytes, None))
+}
+
+/// `GET /v1/reports`: the catalog (dashboards see the publishable reports only).
+pub async fn list_reports(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let p = state.tokens.authenticate(&headers)?;
+    if matches!(p.role, Role::Source(_)) {
+        return Err(forbid(&p, "read reports"));
+    }
+    let list: Vec<&careledger_warehouse::ReportSpec> = catalog()
+        .iter()
+        .filter(|r| p.role != Role::Dashboard || r.audience.as_deref() != Some("analyst"))
+        .collect();
+    Ok(Json(json!({"reports": list})).into_response())
+}
+
+/// `GET /v1/reports/{name}`: with ETag / If-None-Match and a bounded result cache.
+pub async fn run_report(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let started = Instant::now();
+    let p = state.tokens.authenticate(&headers)?;
+    if matches!(p.role, Role::Source(_)) {
+        return Err(forbid(&p, "read reports"));
+    }
+    let spec = reports::find(&name).map_err(query_problem)?;
+    if p.role == Role::Dashboard && spec.audience.as_deref() == Some("analyst") {
+        return Err(forbid(
+            &p,
+            &format!("read the case list {name}; it is for analysts only"),
+        ));
+    }
+    let (format_param, params) = split_query(&q);
+    let format = Format::choose(
+        format_param.as_deref(),
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    )?;
+    reports::bind(spec, &params).map_err(query_problem)?;
+    known_at_of(params.get("known_at"))?;
+
+    // The ETag names everything the answer depends on: report, parameters, who asks (role
+    // and scope), the format, and the version of every table read.
+    let mut versions = BTreeMap::new();
+    for t in careledger_model::Table::ALL
+        .iter()
+        .map(|t| t.as_str())
+        .chain([careledger_store::BATCHES])
+    {
+        let v = state
+            .store
+            .refresh(t)
+            .await
+            .map_err(|e| Problem::internal("reading table versions", &e))?
+            .version();
+        versions.insert(t, v);
+    }
+    let sorted: BTreeMap<&String, &String> = params.iter().collect();
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&json!({
+        "report": name, "params": sorted, "role": p.role.as_string(), "scope": p.scope,
+        "format": format.as_str(), "versions": versions, "rule": state.warehouse.rule().rule_version(),
+        "k": state.query.disclosure_k,
+    })).expect("json"));
+    let etag = format!("\"{}\"", hex::encode(&h.finalize()[..16]));
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        state.metrics.not_modified();
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut()
+            .insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
+        return Ok(resp);
+    }
+    if let Some(body) = state.cache.get(&etag) {
+        state.metrics.cache_hit();
+        return Ok(respond(format, body, Some(&etag)));
+    }
+    state.metrics.cache_miss();
+    let outcome = async {
+        let t = state.query.timeout;
+        let warehouse_state = state.clone();
+        let access = access_of(&p);
+        let (report, report_params) = (name.clone(), params.clone());
+        let mut task = tokio::spawn(async move {
+            warehouse_state
+                .warehouse
+                .run_report_as(&report, &report_params, &access)
+                .await
+        });
+        let batches = match tokio::time::timeout(t, &mut task).await {
+            Ok(joined) => joined
+                .map_err(|e| Problem::internal("the report task", &e))?
+                .map_err(query_problem)?,
+            Err(_) => {
+                task.abort();
+                return Err(timeout_problem(t));
+            }
+        };
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => Arc::new(arrow_schema::Schema::empty()),
+        };
+        let batch = concat(&schema, &batches)?;
+        let suppression =
+            (p.role == Role::Dashboard).then(|| suppress(&batch, state.query.disclosure_k));
+        let bytes = encode(
+            format,
+            &batch,
+            suppression.as_ref(),
+            state.query.json_row_cap,
+        )?;
+        Ok::<_, Problem>((batch.num_rows(), bytes))
+    }
+    .await;
+    state.audit(AuditEntry::new(
+        &p,
+        "report",
+        &name,
+        Some(json!(sorted).to_string()),
+        &outcome,
+        started,
+    ));
+    state.metrics.query(started.elapsed());
+    let (_, bytes) = outcome?;
+    state
+        .cache
+        .put(etag.clone(), bytes.clone(), state.query.cache_entries);
+    Ok(respond(format, bytes, Some(&etag)))
+}
+
+/// Table-level descriptions for `GET /v1/tables`.
+fn table_description(name: &str) -> &'static str {
+    match name {
+        "women" | "life_events" | "group_flags" | "services" | "registrations" => {
+            "Current view: per (source, record_id) the highest record_version known at known_at, retractions removed."
+        }
+        n if n.starts_with("raw_") => {
+            "History: every stored version of the pushed table known at known_at."
+        }
+        "batches" => "One row per acknowledged batch: the receipt (who sent what, when).",
+        "rejects" => "Rows refused in non-atomic batches, ID numbers masked (operators only).",
+        "people" => "One row per woman with a women record (the most recently ingested wins).",
+        "status_episodes" => {
+            "Her stays in the ledger [start_date, end_date) derived by the status rule, with entry and exit reasons."
+        }
+        "residence" => {
+            "Her village over time [valid_from, valid_to); region_code null = moved out of rural residence."
+        }
+        "ledger_runs" => {
+            "Pieces of an episode inside one region at each level; stock, entries and exits count these."
+        }
+        "group_episodes" => "Priority-group memberships [valid_from, valid_until).",
+        "regions" => "Guangxi division codes (2023) with the rural flag.",
+        "region_levels" => "Each code's ancestor at every level at or above its own.",
+        "codes" => "Every code list with Chinese and English labels.",
+        "calendar_months" => "Months 2000-2049 [month_start, month_end).",
+        _ => "",
+    }
+}
+
+/// `GET /v1/tables`: what the caller's SQL can name, with columns and types.
+pub async fn tables(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let p = state.tokens.authenticate(&headers)?;
+    if !matches!(p.role, Role::Analyst | Role::Admin) {
+        return Err(forbid(&p, "list the SQL tables"));
+    }
+    let snap = state
+        .warehouse
+        .snapshot_as(None, &access_of(&p))
+        .await
+        .map_err(query_problem)?;
+    let schema = snap
+        .ctx
+        .catalog("datafusion")
+        .and_then(|c| c.schema("public"))
+        .ok_or_else(|| Problem::internal("catalog", &"no public schema"))?;
+    let mut names = schema.table_names();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(table) = schema.table(&name).await.map_err(datafusion_problem)? else {
+            continue;
+        };
+        let columns: Vec<Value> = table
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable(), "description": f.metadata().get("description")}))
+            .collect();
+        out.push(
+            json!({"name": name, "description": table_description(&name), "columns": columns}),
+        );
+    }
+    Ok(Json(json!({"tables": out, "scope": p.scope})).into_response())
+}
