@@ -110,7 +110,7 @@ fn type_name(dt: &DataType) -> String {
 }
 
 /// Plain, widely readable types for output: strings as Utf8 (not views or dictionaries).
-fn plain(batch: &RecordBatch) -> Result<RecordBatch, Problem> {
+pub(crate) fn plain(batch: &RecordBatch) -> Result<RecordBatch, Problem> {
     let mut fields = Vec::new();
     let mut cols: Vec<ArrayRef> = Vec::new();
     for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
@@ -321,4 +321,85 @@ fn starred(batch: &RecordBatch, s: &Suppression) -> Result<RecordBatch, Problem>
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
         .map_err(|e| Problem::internal("csv", &e))
+}
+
+/// The plain output type of a column (see [`plain`]).
+fn plain_type(dt: &DataType) -> DataType {
+    match dt {
+        DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..) => DataType::Utf8,
+        other => other.clone(),
+    }
+}
+
+/// Incremental CSV or Arrow IPC encoding, for results streamed batch by batch.
+pub(crate) struct StreamEncoder {
+    format: Format,
+    schema: SchemaRef,
+    ipc: Option<arrow_ipc::writer::StreamWriter<Vec<u8>>>,
+    wrote_header: bool,
+}
+
+impl StreamEncoder {
+    pub(crate) fn new(format: Format, schema: &Schema) -> Result<StreamEncoder, Problem> {
+        let fields: Vec<arrow_schema::Field> = schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let ipc = match format {
+            Format::Arrow => Some(
+                arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &schema)
+                    .map_err(|e| Problem::internal("writing Arrow", &e))?,
+            ),
+            _ => None,
+        };
+        Ok(StreamEncoder {
+            format,
+            schema,
+            ipc,
+            wrote_header: false,
+        })
+    }
+
+    /// Bytes for one batch (the first call also carries the header or schema).
+    pub(crate) fn batch(&mut self, batch: &RecordBatch) -> Result<Bytes, Problem> {
+        let batch = plain(batch)?;
+        let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())
+            .map_err(|e| Problem::internal("result", &e))?;
+        match &mut self.ipc {
+            Some(w) => {
+                w.write(&batch)
+                    .map_err(|e| Problem::internal("writing Arrow", &e))?;
+                Ok(Bytes::from(std::mem::take(w.get_mut())))
+            }
+            None => {
+                let mut out = Vec::new();
+                {
+                    let mut w = arrow_csv::WriterBuilder::new()
+                        .with_header(!self.wrote_header)
+                        .build(&mut out);
+                    w.write(&batch)
+                        .map_err(|e| Problem::internal("writing CSV", &e))?;
+                }
+                self.wrote_header = true;
+                Ok(Bytes::from(out))
+            }
+        }
+    }
+
+    /// The closing bytes (the header alone for an empty CSV result; the IPC end marker).
+    pub(crate) fn finish(&mut self) -> Result<Bytes, Problem> {
+        if self.format == Format::Csv && !self.wrote_header {
+            return self.batch(&RecordBatch::new_empty(self.schema.clone()));
+        }
+        match &mut self.ipc {
+            Some(w) => {
+                w.finish()
+                    .map_err(|e| Problem::internal("writing Arrow", &e))?;
+                Ok(Bytes::from(std::mem::take(w.get_mut())))
+            }
+            None => Ok(Bytes::new()),
+        }
+    }
 }

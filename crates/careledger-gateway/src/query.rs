@@ -276,23 +276,114 @@ pub async fn sql(
                 .collect::<Result<_, Problem>>()?;
             df = df.with_param_values(values).map_err(datafusion_problem)?;
         }
+        if matches!(format, Format::Csv | Format::Arrow) {
+            // Large results stream: batch by batch, never held whole.
+            let stream = df.execute_stream().await.map_err(datafusion_problem)?;
+            return Ok::<_, Problem>(Answer::Stream(stream));
+        }
         let (schema, batches) = run_collect(&state, df).await?;
         let batch = concat(&schema, &batches)?;
         let bytes = encode(format, &batch, None, state.query.json_row_cap)?;
-        Ok::<_, Problem>((batch.num_rows(), bytes))
+        Ok::<_, Problem>(Answer::Whole(batch.num_rows(), bytes))
     }
     .await;
-    state.audit(AuditEntry::new(
-        &p,
-        "sql",
-        &req.sql,
-        Some(json!(req.params).to_string()),
-        &outcome,
-        started,
-    ));
-    state.metrics.query(started.elapsed());
-    let (_, bytes) = outcome?;
-    Ok(respond(format, bytes, None))
+    let params_text = Some(json!(req.params).to_string());
+    match outcome {
+        Ok(Answer::Stream(stream)) => Ok(stream_response(
+            state,
+            p,
+            req.sql,
+            params_text,
+            format,
+            stream,
+            started,
+        )),
+        Ok(Answer::Whole(rows, bytes)) => {
+            state.audit(AuditEntry::new(
+                &p,
+                "sql",
+                &req.sql,
+                params_text,
+                &Ok::<_, Problem>((rows, ())),
+                started,
+            ));
+            state.metrics.query(started.elapsed());
+            Ok(respond(format, bytes, None))
+        }
+        Err(e) => {
+            state.audit(AuditEntry::new(
+                &p,
+                "sql",
+                &req.sql,
+                params_text,
+                &Err::<(usize, ()), _>(Problem::new(e.status, e.slug, "")),
+                started,
+            ));
+            state.metrics.query(started.elapsed());
+            Err(e)
+        }
+    }
+}
+
+/// A planned SQL answer: encoded whole (JSON, Parquet) or to be streamed (CSV, Arrow).
+enum Answer {
+    Whole(usize, Bytes),
+    Stream(datafusion::physical_plan::SendableRecordBatchStream),
+}
+
+/// Streams a result as it is computed, under the query timeout; audits when it ends. An
+/// error after the first bytes can only cut the body short (the status is already sent).
+fn stream_response(
+    state: Arc<AppState>,
+    p: Principal,
+    sql: String,
+    params: Option<String>,
+    format: Format,
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    started: Instant,
+) -> Response {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let deadline = tokio::time::Instant::now() + state.query.timeout;
+    tokio::spawn(async move {
+        let mut rows = 0usize;
+        let result: Result<(), Problem> = async {
+            let mut encoder = crate::output::StreamEncoder::new(format, &stream.schema())?;
+            loop {
+                let next = tokio::time::timeout_at(deadline, stream.next())
+                    .await
+                    .map_err(|_| timeout_problem(state.query.timeout))?;
+                match next {
+                    None => break,
+                    Some(batch) => {
+                        let batch = batch.map_err(datafusion_problem)?;
+                        rows += batch.num_rows();
+                        if tx.send(Ok(encoder.batch(&batch)?)).await.is_err() {
+                            return Ok(()); // the client went away
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(Ok(encoder.finish()?)).await;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &result {
+            let _ = tx.send(Err(std::io::Error::other(e.detail.clone()))).await;
+        }
+        let outcome = result.map(|()| (rows, ()));
+        state.audit(AuditEntry::new(&p, "sql", &sql, params, &outcome, started));
+        state.metrics.query(started.elapsed());
+    });
+    let body = axum::body::Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    resp
 }
 
 /// `GET /v1/reports`: the catalog (dashboards see the publishable reports only).

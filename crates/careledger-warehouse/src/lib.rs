@@ -265,14 +265,6 @@ impl Warehouse {
             ))
             .await?;
         ctx.register_table(REJECTS, bind(rejects)?.into_view())?;
-        let groups = ctx
-            .sql(
-                "SELECT person_key, \"group\" AS group_code, valid_from, \
-                 CAST(valid_to + INTERVAL '1 day' AS DATE) AS valid_until, detail, source \
-                 FROM group_flags WHERE person_key IS NOT NULL",
-            )
-            .await?;
-        ctx.register_table("group_episodes", groups.into_view())?;
         reference::register_reference(&ctx)?;
 
         let key = DerivedKey {
@@ -304,6 +296,14 @@ impl Warehouse {
             }
         };
         derived.register(&ctx)?;
+        let groups = ctx
+            .sql(
+                "SELECT person_key, \"group\" AS group_code, valid_from, \
+                 CAST(valid_to + INTERVAL '1 day' AS DATE) AS valid_until, detail, source \
+                 FROM group_flags WHERE person_key IS NOT NULL",
+            )
+            .await?;
+        ctx.register_table("group_episodes", groups.into_view())?;
         // The Delta providers stay reachable only through the views built on them.
         for name in &names {
             ctx.deregister_table(format!("delta_{name}"))?;

@@ -159,6 +159,29 @@ async fn every_output_format_parses_with_a_real_reader() {
         .unwrap();
     assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 11);
 
+    // Past the JSON row cap, JSON is refused with advice, and CSV and Arrow stream the rows.
+    let big = "SELECT value FROM generate_series(1, 250000)";
+    let (s, headers, body) = sql(&h, &t["admin"], big, "json").await;
+    let v = json_of(&body);
+    assert_problem(&headers, &v, StatusCode::UNPROCESSABLE_ENTITY, s);
+    assert!(v["detail"].as_str().unwrap().contains("format=csv"));
+    let (s, _, body) = sql(&h, &t["admin"], big, "csv").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body.iter().filter(|b| **b == b'\n').count(),
+        250_001,
+        "header and every row"
+    );
+    let (s, _, body) = sql(&h, &t["admin"], big, "arrow").await;
+    assert_eq!(s, StatusCode::OK);
+    let reader =
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body.to_vec()), None)
+            .unwrap();
+    assert_eq!(
+        reader.map(|b| b.unwrap().num_rows()).sum::<usize>(),
+        250_000
+    );
+
     // Accept negotiates too; an unknown format is refused.
     let req = Request::get("/v1/reports/stock?as_of=2024-06-30")
         .header("authorization", format!("Bearer {}", t["admin"]))
