@@ -11,6 +11,8 @@ use careledger_store::Store;
 use clap::{Parser, Subcommand};
 use rand::RngCore;
 
+mod demo;
+
 /// careledger: data-sync gateway and warehouse for the dynamic ledger of rural left-behind women.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
@@ -23,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the gateway on a store (a local directory by default).
     Serve(ServeArgs),
+    /// Start the server and let the simulated departments push a realistic history through
+    /// the HTTP API, then print a few reports and the URLs to try next.
+    Demo(DemoArgs),
     /// Manage bearer tokens (kept hashed in <state-dir>/tokens.json).
     Token {
         #[command(subcommand)]
@@ -56,6 +61,24 @@ struct ServeArgs {
     max_body_mib: usize,
 }
 
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Women simulated (the departments' records follow from them).
+    #[arg(long, default_value_t = 2000)]
+    women: usize,
+    /// Seed of the simulation (the same seed gives the same history).
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// County code prefixes to simulate (comma-separated; empty = all of Guangxi).
+    #[arg(long, default_value = "")]
+    counties: String,
+    /// Stop the server after printing the reports instead of serving until Ctrl-C.
+    #[arg(long)]
+    exit: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum TokenAction {
     /// Create a token and print it once. Roles: source:<id>, analyst, dashboard, admin.
@@ -76,7 +99,8 @@ enum TokenAction {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,careledger=info,buoyant_kernel=off".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -85,6 +109,10 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?
             .block_on(serve(args)),
+        Command::Demo(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(demo::run(args)),
         Command::Token { action, state_dir } => token(action, &state_dir),
     }
 }
@@ -143,7 +171,19 @@ fn ensure_initial_tokens(tokens: &TokenRegistry, state_dir: &Path) -> Result<Opt
     Ok(Some(path))
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
+/// A running server: its state, address and the task serving it.
+pub(crate) struct Running {
+    state: Arc<AppState>,
+    addr: std::net::SocketAddr,
+    tokens: Arc<TokenRegistry>,
+    state_dir: PathBuf,
+    initial: Option<PathBuf>,
+    store_url: String,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
     let state_dir = match &args.state_dir {
         Some(d) => d.clone(),
         None if args.store.contains("://") && !args.store.starts_with("file://") => {
@@ -169,28 +209,65 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
         ..GatewayConfig::default()
     };
-    let state = AppState::start(store.clone(), tokens, key, config).await?;
+    let state = AppState::start(store.clone(), tokens.clone(), key, config).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    println!("careledger listening on http://{addr}");
-    println!("store: {}", store.url());
-    match initial {
-        Some(p) => println!("tokens (first start): {}", p.display()),
-        None => println!(
-            "tokens: {} (hashed); create more with `careledger token create`",
-            state_dir.join("tokens.json").display()
-        ),
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = stop => {}
+                }
+            })
+            .await
+    });
+    Ok(Running {
+        state,
+        addr,
+        tokens,
+        state_dir,
+        initial,
+        store_url: store.url().to_string(),
+        server,
+        shutdown,
+    })
+}
+
+impl Running {
+    fn announce(&self) {
+        println!("careledger listening on http://{}", self.addr);
+        println!("store: {}", self.store_url);
+        match &self.initial {
+            Some(p) => println!("tokens (first start): {}", p.display()),
+            None => println!(
+                "tokens: {} (hashed); create more with `careledger token create`",
+                self.state_dir.join("tokens.json").display()
+            ),
+        }
     }
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    tracing::info!("draining pending commits");
-    state.drain().await;
-    Ok(())
+
+    /// Waits for the server to stop (Ctrl-C, or at once with `stop_now`), then commits what
+    /// is pending.
+    async fn finish(self, stop_now: bool) -> Result<()> {
+        if stop_now {
+            let _ = self.shutdown.send(());
+        }
+        self.server.await??;
+        tracing::info!("draining pending commits");
+        self.state.drain().await;
+        Ok(())
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let running = start(&args).await?;
+    running.announce();
+    running.finish(false).await
 }
 
 fn token(action: TokenAction, state_dir: &Path) -> Result<()> {

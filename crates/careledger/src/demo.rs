@@ -1,0 +1,302 @@
+//! `careledger demo`: the server on its local store, and the simulated departments pushing a
+//! realistic history through the HTTP API; then a few reports and the URLs to try next.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use careledger_gateway::Role;
+use careledger_sim::{SimBatch, SimConfig, ndjson, simulate};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::{DemoArgs, start};
+
+/// What the pushes added up to.
+#[derive(Debug, Default)]
+struct Tally {
+    batches: usize,
+    accepted: u64,
+    rejected: u64,
+    duplicates: usize,
+}
+
+async fn push(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    batch: &SimBatch,
+) -> Result<Value> {
+    let url = format!("{base}/v1/ingest/{}?atomic=false", batch.table);
+    let mut delay = Duration::from_millis(200);
+    for attempt in 0..5 {
+        let resp = client
+            .post(&url)
+            .bearer_auth(token)
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", &batch.idempotency_key)
+            .body(ndjson(&batch.rows))
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => return Ok(r.json().await?),
+            Ok(r) if r.status().is_server_error() && attempt < 4 => {}
+            Ok(r) => {
+                let status = r.status();
+                bail!("{url}: {status}: {}", r.text().await.unwrap_or_default());
+            }
+            Err(e) if attempt < 4 => tracing::warn!(%e, "retrying"),
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    bail!("{url}: gave up after 5 attempts")
+}
+
+/// Display width: CJK characters count as two columns.
+fn width(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c as u32 {
+            0x1100..=0x115F
+            | 0x2E80..=0xA4CF
+            | 0xAC00..=0xD7A3
+            | 0xF900..=0xFAFF
+            | 0xFE30..=0xFE4F
+            | 0xFF00..=0xFF60
+            | 0xFFE0..=0xFFE6 => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Prints a JSON report answer as an aligned table (at most `limit` rows).
+fn print_table(title: &str, v: &Value, limit: usize) {
+    println!("\n{title}");
+    let columns: Vec<String> = v["columns"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|c| c["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = v["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .take(limit)
+                .map(|r| {
+                    r.as_array()
+                        .map(|cells| {
+                            cells
+                                .iter()
+                                .map(|c| match c {
+                                    Value::String(s) => s.clone(),
+                                    Value::Null => "".into(),
+                                    other => other.to_string(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut widths: Vec<usize> = columns.iter().map(|c| width(c)).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(width(c));
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - width(c))))
+            .collect();
+        println!("  {}", parts.join("  "));
+    };
+    line(&columns);
+    println!(
+        "  {}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
+    for r in &rows {
+        line(r);
+    }
+    let total = v["row_count"].as_u64().unwrap_or(0) as usize;
+    if total > rows.len() {
+        println!("  … {} more rows", total - rows.len());
+    }
+}
+
+pub(crate) async fn run(args: DemoArgs) -> Result<()> {
+    let running = start(&args.serve).await?;
+    running.announce();
+    let base = format!("http://{}", running.addr);
+
+    // Tokens for this run: one per source and an admin token, kept in memory only.
+    let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let mut tokens: HashMap<String, String> = HashMap::new();
+    for code in &careledger_model::vocabulary().list("sources").codes {
+        let t = running.tokens.create(
+            &format!("demo-{stamp}-{}", code.code),
+            &Role::Source(code.code.clone()),
+            None,
+        )?;
+        tokens.insert(code.code.clone(), t);
+    }
+    let admin = running
+        .tokens
+        .create(&format!("demo-{stamp}-admin"), &Role::Admin, None)?;
+
+    let counties: Vec<String> = args
+        .counties
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    let config = SimConfig {
+        seed: args.seed,
+        women: args.women,
+        county_prefixes: counties,
+        ..SimConfig::default()
+    };
+    let end = config.end;
+    let t = Instant::now();
+    println!(
+        "\nsimulating {} women of {} departments, {} to {} …",
+        config.women,
+        tokens.len(),
+        config.start,
+        config.end
+    );
+    let batches = tokio::task::spawn_blocking(move || simulate(&config))
+        .await
+        .context("the simulation")?;
+    let rows: usize = batches.iter().map(|b| b.rows.len()).sum();
+    println!(
+        "{} batches, {rows} rows, simulated in {:.1} s; pushing over HTTP",
+        batches.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let bar = ProgressBar::new(rows as u64);
+    bar.set_style(
+        ProgressStyle::with_template("  {bar:40} {pos}/{len} rows  {per_sec}  {msg}")
+            .expect("template"),
+    );
+    let client = reqwest::Client::new();
+    let mut tally = Tally::default();
+    let t = Instant::now();
+    // Batches go in their push order, 16 in flight (departments push independently; the
+    // gateway group-commits what arrives together).
+    let mut results = futures::stream::iter(batches.iter().map(|b| {
+        let client = &client;
+        let base = &base;
+        let token = tokens.get(&b.source).cloned().unwrap_or_default();
+        async move {
+            let first = push(client, base, &token, b).await?;
+            let again = if b.send_twice {
+                Some(push(client, base, &token, b).await?)
+            } else {
+                None
+            };
+            Ok::<_, anyhow::Error>((b.rows.len(), first, again))
+        }
+    }))
+    .buffered(16);
+    while let Some(r) = results.next().await {
+        let (n, first, again) = r?;
+        tally.batches += 1;
+        tally.accepted += first["rows_accepted"].as_u64().unwrap_or(0);
+        tally.rejected += first["rows_rejected"].as_u64().unwrap_or(0);
+        if first["duplicate"] == true {
+            tally.duplicates += 1;
+        }
+        if let Some(a) = again {
+            if a["duplicate"] != true {
+                bail!("a batch sent twice was stored twice: {a}");
+            }
+            tally.duplicates += 1;
+        }
+        bar.inc(n as u64);
+        bar.set_message(format!("{} rejected", tally.rejected));
+    }
+    bar.finish();
+    println!(
+        "pushed {} batches in {:.1} s: {} rows accepted, {} rejected (kept in the rejects table), {} duplicate sends answered from their receipts",
+        tally.batches,
+        t.elapsed().as_secs_f64(),
+        tally.accepted,
+        tally.rejected,
+        tally.duplicates
+    );
+
+    let as_of = (end - chrono::Days::new(1)).to_string();
+    let year_start = format!("{}-01-01", &as_of[..4]);
+    let to = end.to_string();
+    let t = Instant::now();
+    for (title, path, limit) in [
+        (
+            format!("Stock on {as_of}, by city (台账在册人数)"),
+            format!("/v1/reports/stock?as_of={as_of}&level=city"),
+            14,
+        ),
+        (
+            format!("Entries {year_start} .. {as_of} by reason, whole region"),
+            format!("/v1/reports/entries?from={year_start}&to={to}&level=province"),
+            40,
+        ),
+        (
+            format!("Exits {year_start} .. {as_of} by reason, whole region"),
+            format!("/v1/reports/exits?from={year_start}&to={to}&level=province"),
+            60,
+        ),
+        (
+            format!("Coverage by measure {year_start} .. {as_of}, whole region"),
+            format!("/v1/reports/coverage_by_measure?from={year_start}&to={to}&level=province"),
+            7,
+        ),
+        (
+            format!("Registration discrepancies on {as_of}, by city"),
+            format!("/v1/reports/registration_discrepancies?as_of={as_of}&level=city"),
+            14,
+        ),
+    ] {
+        let resp = client
+            .get(format!("{base}{path}"))
+            .bearer_auth(&admin)
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {v}");
+        }
+        print_table(&title, &v, limit);
+    }
+    println!("\nreports computed in {:.1} s", t.elapsed().as_secs_f64());
+    println!("\nTry next (an admin token of this run is below; it lives in tokens.json, hashed):");
+    println!("  export TOKEN={admin}");
+    println!("  curl -s {base}/v1/reports -H \"Authorization: Bearer $TOKEN\"");
+    println!(
+        "  curl -s '{base}/v1/reports/turnover_and_returns?from={year_start}&to={to}&level=city' -H \"Authorization: Bearer $TOKEN\""
+    );
+    println!(
+        "  curl -s {base}/v1/sql -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"sql\": \"SELECT exit_reason, count(*) FROM status_episodes GROUP BY 1\"}}'"
+    );
+    println!("  curl -s {base}/v1/openapi.json");
+    if args.exit {
+        return running.finish(true).await;
+    }
+    println!("\nserving until Ctrl-C");
+    running.finish(false).await
+}
