@@ -16,7 +16,9 @@ pub use region::{Region, RegionLevel, RegionTable, regions};
 pub use resident_id::{IdError, ResidentId, mask_id};
 pub use schema::{FieldKind, FieldSpec, Table, TableSpec};
 pub use status::{RuleParams, StatusEpisode, derive_episodes};
-pub use validate::{RowError, ValidatedBatch, ValidationContext, validate_batch};
+pub use validate::{
+    RowError, ValidatedBatch, ValidationContext, epoch_days, from_epoch_days, validate_batch,
+};
 
 /// The version of the contract in `schemas/` that this build speaks.
 pub const SCHEMA_VERSION: &str = "v1";

@@ -84,11 +84,13 @@ enum Parsed<'a> {
     Person,
 }
 
-pub(crate) fn epoch_days(d: NaiveDate) -> i32 {
+/// Days since 1970-01-01: Arrow's `Date32`.
+pub fn epoch_days(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
 }
 
-pub(crate) fn from_epoch_days(days: i32) -> NaiveDate {
+/// The date of an Arrow `Date32` value.
+pub fn from_epoch_days(days: i32) -> NaiveDate {
     NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::TimeDelta::days(days.into())
 }
 

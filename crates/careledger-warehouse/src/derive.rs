@@ -21,7 +21,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use careledger_model::status::{
     EventKind, LifeEvent, RuleParams, Woman, derive_episodes, residence_history,
 };
-use careledger_model::{RegionLevel, regions};
+use careledger_model::{RegionLevel, epoch_days as days, from_epoch_days as date, regions};
 use chrono::NaiveDate;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -51,8 +51,7 @@ impl Derived {
             ("residence", &self.residence),
             ("ledger_runs", &self.runs),
         ] {
-            let t = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]])?;
-            ctx.register_table(name, Arc::new(t))?;
+            crate::reference::register(ctx, name, batch.clone())?;
         }
         Ok(())
     }
@@ -84,18 +83,6 @@ fn utf8(col: &arrow_array::ArrayRef) -> Result<arrow_array::StringArray> {
 fn date32(col: &arrow_array::ArrayRef) -> Result<arrow_array::Date32Array> {
     let cast = datafusion::arrow::compute::cast(col, &DataType::Date32)?;
     Ok(cast.as_primitive::<Date32Type>().clone())
-}
-
-fn epoch() -> NaiveDate {
-    NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
-}
-
-fn days(d: NaiveDate) -> i32 {
-    (d - epoch()).num_days() as i32
-}
-
-fn date(days: i32) -> NaiveDate {
-    epoch() + chrono::TimeDelta::days(days.into())
 }
 
 struct PersonRec {

@@ -20,7 +20,8 @@ const LEVELS: [RegionLevel; 5] = [
     RegionLevel::Village,
 ];
 
-fn register(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
+/// Registers one in-memory batch as a table.
+pub(crate) fn register(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
     ctx.register_table(name, Arc::new(table))?;
     Ok(())
@@ -130,7 +131,6 @@ pub(crate) fn register_reference(ctx: &SessionContext) -> Result<()> {
 
     let mut start = Date32Builder::new();
     let mut end = Date32Builder::new();
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
     for year in 2000..2050 {
         for month in 1..=12 {
             let s = NaiveDate::from_ymd_opt(year, month, 1).expect("month");
@@ -140,8 +140,8 @@ pub(crate) fn register_reference(ctx: &SessionContext) -> Result<()> {
                 NaiveDate::from_ymd_opt(year, month + 1, 1)
             }
             .expect("month");
-            start.append_value((s - epoch).num_days() as i32);
-            end.append_value((e - epoch).num_days() as i32);
+            start.append_value(careledger_model::epoch_days(s));
+            end.append_value(careledger_model::epoch_days(e));
             debug_assert_eq!(s.day(), 1);
         }
     }

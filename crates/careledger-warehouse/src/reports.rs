@@ -186,8 +186,7 @@ pub fn parse_value(p: &ParamSpec, text: &str) -> Result<ScalarValue> {
         ParamKind::Date => {
             let d = NaiveDate::parse_from_str(text, "%Y-%m-%d")
                 .map_err(|_| bad(&p.name, format!("{text:?} is not a date YYYY-MM-DD")))?;
-            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
-            Ok(ScalarValue::Date32(Some((d - epoch).num_days() as i32)))
+            Ok(ScalarValue::Date32(Some(careledger_model::epoch_days(d))))
         }
         ParamKind::Int => text
             .parse::<i64>()
