@@ -477,10 +477,10 @@ pub async fn run_report(
         let mut task = tokio::spawn(async move {
             warehouse_state
                 .warehouse
-                .run_report_as(&report, &report_params, &access)
+                .run_report_with_schema(&report, &report_params, &access)
                 .await
         });
-        let batches = match tokio::time::timeout(t, &mut task).await {
+        let (schema, batches) = match tokio::time::timeout(t, &mut task).await {
             Ok(joined) => joined
                 .map_err(|e| Problem::internal("the report task", &e))?
                 .map_err(query_problem)?,
@@ -488,10 +488,6 @@ pub async fn run_report(
                 task.abort();
                 return Err(timeout_problem(t));
             }
-        };
-        let schema = match batches.first() {
-            Some(b) => b.schema(),
-            None => Arc::new(arrow_schema::Schema::empty()),
         };
         let batch = concat(&schema, &batches)?;
         let suppression =

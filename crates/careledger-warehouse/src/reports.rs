@@ -294,6 +294,17 @@ impl Warehouse {
         given: &HashMap<String, String>,
         access: &Access,
     ) -> Result<Vec<RecordBatch>> {
+        Ok(self.run_report_with_schema(name, given, access).await?.1)
+    }
+
+    /// Like [`Warehouse::run_report_as`], with the result's schema (known even when the
+    /// report returns no rows).
+    pub async fn run_report_with_schema(
+        &self,
+        name: &str,
+        given: &HashMap<String, String>,
+        access: &Access,
+    ) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>)> {
         let spec = find(name)?;
         let known_at = given
             .get("known_at")
@@ -310,7 +321,7 @@ impl Warehouse {
             return self.run_revisions(spec, inner, given, access).await;
         }
         let snapshot = self.snapshot_as(known_at, access).await?;
-        snapshot.run_sql_report(spec, given).await
+        collect_with_schema(snapshot.report_frame(spec, given).await?).await
     }
 
     /// `revisions`: the inner report at `frozen_at` and now, joined by the SQL of the
@@ -321,7 +332,7 @@ impl Warehouse {
         inner: &str,
         given: &HashMap<String, String>,
         access: &Access,
-    ) -> Result<Vec<RecordBatch>> {
+    ) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>)> {
         let inner_spec = find(inner)?;
         bind(spec, given)?; // refuses unknown or malformed parameters
         let frozen_text = given
@@ -352,7 +363,11 @@ impl Warehouse {
             let t = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
             ctx.register_table(name, std::sync::Arc::new(t))?;
         }
-        let df = ctx.sql(&spec.sql).await?;
-        Ok(df.collect().await?)
+        collect_with_schema(ctx.sql(&spec.sql).await?).await
     }
+}
+
+async fn collect_with_schema(df: DataFrame) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>)> {
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    Ok((schema, df.collect().await?))
 }

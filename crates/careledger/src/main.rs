@@ -11,7 +11,9 @@ use careledger_store::Store;
 use clap::{Parser, Subcommand};
 use rand::RngCore;
 
+mod client;
 mod demo;
+mod table;
 
 /// careledger: data-sync gateway and warehouse for the dynamic ledger of rural left-behind women.
 #[derive(Debug, Parser)]
@@ -28,6 +30,25 @@ enum Command {
     /// Start the server and let the simulated departments push a realistic history through
     /// the HTTP API, then print a few reports and the URLs to try next.
     Demo(DemoArgs),
+    /// Run one read-only SQL statement on a server and print the answer.
+    Sql {
+        /// The statement, e.g. "SELECT entry_reason, count(*) FROM status_episodes GROUP BY 1".
+        statement: String,
+        /// Ask as the warehouse knew things at this instant (RFC 3339).
+        #[arg(long)]
+        known_at: Option<String>,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Run a named report on a server (`GET /v1/reports` lists them).
+    Report {
+        name: String,
+        /// A parameter, name=value (repeatable), e.g. --param as_of=2024-12-31.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
     /// Manage bearer tokens (kept hashed in <state-dir>/tokens.json).
     Token {
         #[command(subcommand)]
@@ -98,6 +119,7 @@ enum TokenAction {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,careledger=info,buoyant_kernel=off".into()),
@@ -113,6 +135,22 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?
             .block_on(demo::run(args)),
+        Command::Sql {
+            statement,
+            known_at,
+            remote,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(client::sql(remote, statement, known_at)),
+        Command::Report {
+            name,
+            params,
+            remote,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(client::report(remote, name, params)),
         Command::Token { action, state_dir } => token(action, &state_dir),
     }
 }

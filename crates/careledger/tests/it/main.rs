@@ -123,3 +123,132 @@ fn token_create_list_revoke() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
 }
+
+/// `serve` as a real process on loopback; `sql` and `report` against it.
+#[test]
+fn sql_and_report_against_a_running_server() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    /// Kills the server if the test fails before its graceful stop.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Guard(
+        careledger()
+            .current_dir(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .strip_prefix("careledger listening on ")
+        .expect("the URL first")
+        .to_string();
+    let tokens =
+        std::fs::read_to_string(dir.path().join("careledger-data/tokens-initial.txt")).unwrap();
+    let admin = tokens
+        .lines()
+        .find(|l| l.starts_with("admin\t"))
+        .unwrap()
+        .split('\t')
+        .nth(2)
+        .unwrap()
+        .to_string();
+
+    let out = careledger()
+        .args([
+            "sql",
+            "SELECT count(*) AS women FROM women",
+            "--server",
+            &url,
+            "--token",
+            &admin,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("women"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim() == "0"), "{stdout}");
+
+    let out = careledger()
+        .args([
+            "report",
+            "stock",
+            "--param",
+            "as_of=2024-12-31",
+            "--param",
+            "level=city",
+            "--format",
+            "csv",
+            "--server",
+            &url,
+            "--token",
+            &admin,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("region_code,region_name,women"));
+
+    // Refusals come back as the server's message.
+    let out = careledger()
+        .args([
+            "sql",
+            "DROP TABLE women",
+            "--server",
+            &url,
+            "--token",
+            &admin,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("400"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = careledger()
+        .args([
+            "report",
+            "stock",
+            "--param",
+            "as_of=yesterday",
+            "--server",
+            &url,
+            "--token",
+            &admin,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("as_of"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _ = Command::new("kill")
+        .args(["-INT", &server.0.id().to_string()])
+        .status();
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "graceful shutdown on SIGINT: {status:?}");
+}
