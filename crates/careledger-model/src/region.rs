@@ -19,6 +19,15 @@ pub enum RegionLevel {
 }
 
 impl RegionLevel {
+    /// Every level, from the province down to the village.
+    pub const ALL: [RegionLevel; 5] = [
+        RegionLevel::Province,
+        RegionLevel::City,
+        RegionLevel::County,
+        RegionLevel::Township,
+        RegionLevel::Village,
+    ];
+
     pub fn parse(text: &str) -> Option<RegionLevel> {
         Some(match text {
             "province" => RegionLevel::Province,

@@ -92,13 +92,7 @@ struct PersonRec {
     birth: Option<NaiveDate>,
 }
 
-const LEVELS: [RegionLevel; 5] = [
-    RegionLevel::Province,
-    RegionLevel::City,
-    RegionLevel::County,
-    RegionLevel::Township,
-    RegionLevel::Village,
-];
+const LEVELS: [RegionLevel; 5] = RegionLevel::ALL;
 
 /// Reads the current `women` and `life_events` views of `ctx` and derives the tables.
 pub(crate) async fn derive(ctx: &SessionContext, params: &RuleParams) -> Result<Derived> {

@@ -12,13 +12,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::Result;
 
-const LEVELS: [RegionLevel; 5] = [
-    RegionLevel::Province,
-    RegionLevel::City,
-    RegionLevel::County,
-    RegionLevel::Township,
-    RegionLevel::Village,
-];
+const LEVELS: [RegionLevel; 5] = RegionLevel::ALL;
 
 /// Registers one in-memory batch as a table.
 pub(crate) fn register(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
