@@ -7,9 +7,11 @@ use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuil
 use arrow_array::{Array, RecordBatch, StringArray};
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use careledger_decode::{BodyFormat, decode};
 use careledger_model::{RowError, Table, ValidationContext, mask_id, validate_batch};
 use chrono::Utc;
 use serde::Deserialize;
@@ -19,7 +21,6 @@ use tokio::sync::oneshot;
 use crate::AppState;
 use crate::auth::Role;
 use crate::commit::{Admission, Job};
-use crate::decode::{BodyFormat, decode};
 use crate::problem::Problem;
 use crate::receipt::{MAX_RECEIPT_ERRORS, Receipt};
 
@@ -46,12 +47,21 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 pub async fn ingest(
     State(state): State<Arc<AppState>>,
     Path(table_name): Path<String>,
-    Query(params): Query<IngestParams>,
+    params: Result<Query<IngestParams>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
     let received_at = Utc::now();
     let principal = state.tokens.authenticate(&headers)?;
+    let Query(params) = params.map_err(|e| {
+        Problem::bad_request(
+            "bad-parameter",
+            format!(
+                "{}; the parameters are atomic=true|false and dry_run=true|false",
+                e.body_text()
+            ),
+        )
+    })?;
     let table = Table::parse(&table_name).ok_or_else(|| {
         let names: Vec<&str> = Table::ALL.iter().map(|t| t.as_str()).collect();
         Problem::new(
@@ -198,7 +208,9 @@ pub async fn ingest(
 
 type Prepared = (Vec<RecordBatch>, Option<RecordBatch>);
 
-/// Decodes and validates; fills the counts and errors of `receipt`.
+/// Decodes and validates; fills the counts and errors of `receipt`. Works batch by batch and
+/// keeps only what the answer needs (the first errors, the rejects as compact Arrow rows), so
+/// memory stays proportional to the body even when every row has several errors.
 fn prepare(
     state: &AppState,
     table: Table,
@@ -208,7 +220,12 @@ fn prepare(
     receipt: &mut Receipt,
 ) -> Result<Prepared, Problem> {
     let spec = table.spec();
-    let wire = decode(format, bytes, &spec.wire_schema())?;
+    let wire = decode(
+        format,
+        bytes,
+        &spec.wire_schema(),
+        state.config.max_rows_per_body,
+    )?;
     let ctx = ValidationContext {
         source,
         today: Utc::now().date_naive(),
@@ -218,30 +235,43 @@ fn prepare(
     };
     let mut stored = Vec::with_capacity(wire.len());
     let mut errors: Vec<RowError> = Vec::new();
-    let mut reject_rows: Vec<(usize, Vec<RowError>, Map<String, Value>)> = Vec::new();
+    let mut rejects: Vec<RecordBatch> = Vec::new();
     let mut first_row = 0;
-    for batch in &wire {
-        let v = validate_batch(spec, batch, &ctx, first_row)
+    for batch in wire {
+        let v = validate_batch(spec, &batch, &ctx, first_row)
             .map_err(|e| Problem::internal("validation", &e))?;
         receipt.rows_received += v.rows;
         receipt.rows_accepted += v.stored.num_rows();
         receipt.rows_rejected += v.rejected.len();
+        receipt.error_count += v.errors.len();
         if !receipt.atomic && !v.rejected.is_empty() {
             let mut by_row: HashMap<usize, Vec<RowError>> = HashMap::new();
             for e in &v.errors {
                 by_row.entry(e.row).or_default().push(e.clone());
             }
-            for &i in &v.rejected {
-                let row = first_row + i + 1;
-                reject_rows.push((
-                    row,
-                    by_row.remove(&row).unwrap_or_default(),
-                    raw_row(batch, i),
-                ));
-            }
+            let reject_rows: Vec<_> = v
+                .rejected
+                .iter()
+                .map(|&i| {
+                    let row = first_row + i + 1;
+                    (
+                        row,
+                        by_row.remove(&row).unwrap_or_default(),
+                        raw_row(&batch, i),
+                    )
+                })
+                .collect();
+            rejects.push(
+                rejects_batch(&reject_rows, receipt)
+                    .map_err(|e| Problem::internal("building rejects", &e))?,
+            );
         }
-        errors.extend(v.errors);
-        if v.stored.num_rows() > 0 {
+        let room = MAX_RECEIPT_ERRORS.saturating_sub(errors.len());
+        errors.extend(v.errors.into_iter().take(room));
+        // An atomic batch with an invalid row stores nothing: stop holding its valid rows.
+        if receipt.atomic && receipt.rows_rejected > 0 {
+            stored.clear();
+        } else if v.stored.num_rows() > 0 {
             stored.push(v.stored);
         }
         first_row += v.rows;
@@ -252,13 +282,15 @@ fn prepare(
             "the body holds no rows",
         ));
     }
-    receipt.error_count = errors.len();
-    errors.truncate(MAX_RECEIPT_ERRORS);
     receipt.errors = errors;
-    let rejects = (!reject_rows.is_empty())
-        .then(|| rejects_batch(&reject_rows, receipt))
-        .transpose()
-        .map_err(|e| Problem::internal("building rejects", &e))?;
+    let rejects = match rejects.len() {
+        0 => None,
+        1 => rejects.pop(),
+        _ => Some(
+            arrow_select::concat::concat_batches(&careledger_store::rejects_schema(), &rejects)
+                .map_err(|e| Problem::internal("building rejects", &e))?,
+        ),
+    };
     Ok((stored, rejects))
 }
 

@@ -4,7 +4,6 @@
 pub mod audit;
 pub mod auth;
 pub mod commit;
-pub mod decode;
 pub mod disclosure;
 pub mod ingest;
 pub mod metrics;
@@ -35,6 +34,8 @@ pub use receipt::Receipt;
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub max_body_bytes: usize,
+    /// Rows one ingest body may hold (a body of tiny rows is refused before it is expanded).
+    pub max_rows_per_body: usize,
     pub request_timeout: Duration,
     pub commit: CommitConfig,
     pub query: QueryConfig,
@@ -44,6 +45,7 @@ impl Default for GatewayConfig {
     fn default() -> GatewayConfig {
         GatewayConfig {
             max_body_bytes: 64 * 1024 * 1024,
+            max_rows_per_body: 1_000_000,
             request_timeout: Duration::from_secs(60),
             commit: CommitConfig::default(),
             query: QueryConfig::default(),

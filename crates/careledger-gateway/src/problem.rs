@@ -46,6 +46,23 @@ impl Problem {
     }
 }
 
+/// A refused body: 415 for a content type or charset the gateway does not take, 413 for too
+/// many rows, 400 for everything else (the detail names the place).
+impl From<careledger_decode::DecodeError> for Problem {
+    fn from(e: careledger_decode::DecodeError) -> Problem {
+        use careledger_decode::DecodeErrorKind as K;
+        let (status, slug) = match e.kind {
+            K::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
+            K::UnsupportedCharset => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-charset"),
+            K::Malformed => (StatusCode::BAD_REQUEST, "malformed-body"),
+            K::TooManyRows => (StatusCode::PAYLOAD_TOO_LARGE, "too-many-rows"),
+        };
+        Problem::new(status, slug, e.detail)
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let title = self.status.canonical_reason().unwrap_or("Error");

@@ -1,0 +1,206 @@
+//! Body decoders of the ingest gateway: a JSON array of objects, NDJSON, and CSV (UTF-8 or
+//! GB18030) straight into Arrow batches of a table's *wire* schema (every field nullable UTF-8,
+//! see `careledger_model::TableSpec::wire_schema`). Every failure is a [`DecodeError`] whose
+//! detail names where it is (line, row, column, field); no input makes these functions panic
+//! (the `fuzz/` targets at the workspace root check that).
+//!
+//! The crate knows no HTTP: the gateway maps [`DecodeErrorKind`] to a status.
+//!
+//! What is refused before any row is built: NUL bytes anywhere in the body (a binary or UTF-16
+//! file), invalid UTF-8 / GB18030, unknown fields, a field twice in one object, objects or
+//! arrays as field values, and more rows than the caller's `max_rows`. Memory stays
+//! proportional to the body: JSON values are read one row at a time (nesting is never
+//! descended into), and rows go into column builders flushed every [`DECODE_BATCH_ROWS`].
+
+mod csv;
+mod json;
+
+use std::fmt;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Schema, SchemaRef};
+
+/// Rows per decoded batch.
+pub const DECODE_BATCH_ROWS: usize = 8192;
+
+/// A batch is also cut once its text passes this many bytes, so that no column's 32-bit
+/// offsets can overflow whatever the body size.
+pub(crate) const DECODE_BATCH_BYTES: usize = 256 * 1024 * 1024;
+
+/// The accepted body formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    JsonArray,
+    Ndjson,
+    Csv { gb18030: bool },
+}
+
+/// What went wrong, for the caller to map to its own error (the gateway: an HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeErrorKind {
+    /// The `Content-Type` names no accepted format.
+    UnsupportedMediaType,
+    /// CSV in a charset other than UTF-8 or GB18030.
+    UnsupportedCharset,
+    /// The body is not a well-formed instance of its format, or names unknown fields.
+    Malformed,
+    /// The body holds more rows than the caller allows.
+    TooManyRows,
+}
+
+/// A refused body: the kind and a detail a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub kind: DecodeErrorKind,
+    pub detail: String,
+}
+
+impl DecodeError {
+    pub(crate) fn malformed(detail: impl Into<String>) -> DecodeError {
+        DecodeError {
+            kind: DecodeErrorKind::Malformed,
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn too_many_rows(max_rows: usize) -> DecodeError {
+        DecodeError {
+            kind: DecodeErrorKind::TooManyRows,
+            detail: format!(
+                "the body holds more than {max_rows} rows, the most one request may carry; split it into smaller batches"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl BodyFormat {
+    /// From a `Content-Type` header value.
+    pub fn from_content_type(value: Option<&str>) -> Result<BodyFormat, DecodeError> {
+        let unsupported = |got: &str| DecodeError {
+            kind: DecodeErrorKind::UnsupportedMediaType,
+            detail: format!(
+                "Content-Type {got:?} is not accepted; send application/json (an array of objects), application/x-ndjson, or text/csv (charset=utf-8 or gb18030)"
+            ),
+        };
+        let value = value.ok_or_else(|| unsupported("(none)"))?;
+        let mut parts = value.split(';').map(str::trim);
+        let mime = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let charset = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+            .map(|(_, v)| v.trim().trim_matches('"').to_ascii_lowercase());
+        match mime.as_str() {
+            "application/json" => Ok(BodyFormat::JsonArray),
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+                Ok(BodyFormat::Ndjson)
+            }
+            "text/csv" => match charset.as_deref() {
+                None | Some("utf-8") | Some("utf8") => Ok(BodyFormat::Csv { gb18030: false }),
+                Some("gb18030") | Some("gbk") | Some("gb2312") => {
+                    Ok(BodyFormat::Csv { gb18030: true })
+                }
+                Some(other) => Err(DecodeError {
+                    kind: DecodeErrorKind::UnsupportedCharset,
+                    detail: format!(
+                        "charset {other} is not accepted for CSV; use utf-8 or gb18030"
+                    ),
+                }),
+            },
+            _ => Err(unsupported(value)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyFormat::JsonArray => "json",
+            BodyFormat::Ndjson => "ndjson",
+            BodyFormat::Csv { gb18030: false } => "csv",
+            BodyFormat::Csv { gb18030: true } => "csv-gb18030",
+        }
+    }
+}
+
+pub(crate) fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
+pub(crate) fn known_fields(wire: &Schema) -> String {
+    wire.fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// At most `max` characters of `text`, with `…` if cut: for echoing sent values in messages.
+pub(crate) fn shown(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((i, _)) => format!("{}…", &text[..i]),
+    }
+}
+
+/// Decodes a whole body into wire-schema batches of at most [`DECODE_BATCH_ROWS`] rows.
+///
+/// `wire` must have only nullable `Utf8` fields (a table's wire schema). A body with more than
+/// `max_rows` rows is refused ([`DecodeErrorKind::TooManyRows`]) as soon as the row past the
+/// limit is seen.
+pub fn decode(
+    format: BodyFormat,
+    body: &[u8],
+    wire: &SchemaRef,
+    max_rows: usize,
+) -> Result<Vec<RecordBatch>, DecodeError> {
+    if let Some(f) = wire
+        .fields()
+        .iter()
+        .find(|f| f.data_type() != &DataType::Utf8 || !f.is_nullable())
+    {
+        return Err(DecodeError::malformed(format!(
+            "cannot decode into field {}: a wire schema has only nullable Utf8 fields",
+            f.name()
+        )));
+    }
+    if let Some(at) = body.iter().position(|b| *b == 0) {
+        let hint = if body.len() > 1 && body.iter().filter(|b| **b == 0).count() * 4 >= body.len() {
+            " (the body looks like UTF-16 or a binary file; send UTF-8 text, or GB18030 for CSV)"
+        } else {
+            ""
+        };
+        return Err(DecodeError::malformed(format!(
+            "the body holds a NUL byte at byte offset {at}; text bodies never contain one{hint}"
+        )));
+    }
+    match format {
+        BodyFormat::JsonArray => json::decode_json_array(strip_bom(body), wire, max_rows),
+        BodyFormat::Ndjson => json::decode_ndjson(strip_bom(body), wire, max_rows),
+        BodyFormat::Csv { gb18030 } => {
+            let text: std::borrow::Cow<'_, str> = if gb18030 {
+                // A BOM wins over the declared charset (spreadsheets add a UTF-8 one when they
+                // save "CSV UTF-8"): encoding_rs sniffs and removes it.
+                let (text, _, had_errors) = encoding_rs::GB18030.decode(body);
+                if had_errors {
+                    return Err(DecodeError::malformed("body is not valid GB18030 text"));
+                }
+                text
+            } else {
+                let body = strip_bom(body);
+                std::borrow::Cow::Borrowed(std::str::from_utf8(body).map_err(|e| {
+                    DecodeError::malformed(format!(
+                        "body is not valid UTF-8 at byte {}; if the file was saved from a spreadsheet in China, send Content-Type: text/csv; charset=gb18030",
+                        e.valid_up_to()
+                    ))
+                })?)
+            };
+            csv::decode_csv(text.trim_start_matches('\u{feff}'), wire, max_rows)
+        }
+    }
+}
