@@ -52,13 +52,26 @@ pub fn mask_id(raw: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 10))
 }
 
+/// [`mask_id`] for an error message: past 24 characters the stars are elided, so that a
+/// huge value cannot make its message huge.
+fn mask_for_message(text: &str) -> String {
+    let count = text.chars().count();
+    if count <= 24 {
+        return mask_id(text);
+    }
+    let head: String = text.chars().take(6).collect();
+    let mut tail: Vec<char> = text.chars().rev().take(4).collect();
+    tail.reverse();
+    format!("{head}**…**{}", tail.into_iter().collect::<String>())
+}
+
 impl ResidentId {
     /// Parses and checks an ID number as of `today` (birth dates after it are refused).
     /// A lower-case `x` check character is accepted and normalised.
     pub fn parse(raw: &str, today: NaiveDate) -> Result<ResidentId, IdError> {
         let text = raw.trim().to_ascii_uppercase();
         let bytes = text.as_bytes();
-        let masked = mask_id(&text);
+        let masked = mask_for_message(&text);
         if bytes.len() != 18
             || !bytes[..17].iter().all(u8::is_ascii_digit)
             || !(bytes[17].is_ascii_digit() || bytes[17] == b'X')

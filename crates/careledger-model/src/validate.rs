@@ -94,6 +94,16 @@ pub fn from_epoch_days(days: i32) -> NaiveDate {
     NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::TimeDelta::days(days.into())
 }
 
+/// At most 40 characters of a sent value, with `…` if cut: how a message echoes it, so that a
+/// huge cell cannot make every error about it huge too.
+fn shown(v: &str) -> String {
+    const MAX: usize = 40;
+    match v.char_indices().nth(MAX) {
+        None => v.to_string(),
+        Some((i, _)) => format!("{}…", &v[..i]),
+    }
+}
+
 /// Cell text: trimmed, with empty cells as missing (CSV has no other null).
 fn cell(col: Option<&StringArray>, i: usize) -> Option<&str> {
     let col = col?;
@@ -247,7 +257,7 @@ pub fn validate_batch(
                                 i,
                                 name,
                                 "not_integer",
-                                format!("{name} must be a whole number, got {v:?}"),
+                                format!("{name} must be a whole number, got {:?}", shown(v)),
                             );
                             out.push(None);
                         }
@@ -283,7 +293,7 @@ pub fn validate_batch(
                                 i,
                                 name,
                                 "invalid_date",
-                                format!("{name} must be a date YYYY-MM-DD, got {v:?}"),
+                                format!("{name} must be a date YYYY-MM-DD, got {:?}", shown(v)),
                             );
                             out.push(None);
                         }
@@ -324,10 +334,17 @@ pub fn validate_batch(
                         Ok(x) => out.push(Some(x)),
                         Err(problem) => {
                             let message = match problem {
-                                "negative" => format!("{name} must not be negative, got {v}"),
-                                "decimals" => format!("{name} has more than {scale} decimals: {v}"),
-                                "out_of_range" => format!("{name} {v} is too large"),
-                                _ => format!("{name} must be a number like 1234.50, got {v:?}"),
+                                "negative" => {
+                                    format!("{name} must not be negative, got {}", shown(v))
+                                }
+                                "decimals" => {
+                                    format!("{name} has more than {scale} decimals: {}", shown(v))
+                                }
+                                "out_of_range" => format!("{name} {} is too large", shown(v)),
+                                _ => format!(
+                                    "{name} must be a number like 1234.50, got {:?}",
+                                    shown(v)
+                                ),
                             };
                             p.add(i, name, problem, message);
                             out.push(None);
@@ -350,7 +367,7 @@ pub fn validate_batch(
                                     i,
                                     name,
                                     "not_token_source",
-                                    format!("row names source {s:?} but the token belongs to {:?}; a source may write only its own records", ctx.source),
+                                    format!("row names source {:?} but the token belongs to {:?}; a source may write only its own records", shown(s), ctx.source),
                                 );
                                 out.push(None);
                             }
@@ -372,7 +389,8 @@ pub fn validate_batch(
                             name,
                             "unknown_code",
                             format!(
-                                "{v:?} is not a code of list {} ({}): expected one of {}",
+                                "{:?} is not a code of list {} ({}): expected one of {}",
+                                shown(v),
                                 list.list,
                                 list.title_en,
                                 list.summary()
@@ -398,7 +416,10 @@ pub fn validate_batch(
                             i,
                             name,
                             "format",
-                            format!("{name} must be a 12-digit division code, got {v:?}"),
+                            format!(
+                                "{name} must be a 12-digit division code, got {:?}",
+                                shown(v)
+                            ),
                         );
                         out.push(None);
                         continue;
@@ -616,7 +637,7 @@ fn cross_field_rules(
                             g.unwrap_or(""),
                             list.summary(),
                             list.title_en,
-                            other.unwrap_or("")
+                            shown(other.unwrap_or(""))
                         ),
                     ),
                 }

@@ -442,3 +442,38 @@ fn stored_rows_carry_pseudonym_and_derived_facts() {
     assert_eq!(col("source"), "civil_affairs");
     let _ = out.stored.column_by_name("birth_date").unwrap().len();
 }
+
+/// A huge value in any field gets an error whose message stays short: messages echo at most
+/// 40 characters of what was sent (an ID number: first 6 and last 4, the stars elided).
+#[test]
+fn messages_about_huge_values_stay_short() {
+    let huge = format!("{}9", "x".repeat(1 << 20));
+    let digits = "9".repeat(1 << 20);
+    use Table::*;
+    let cases = [
+        (Women, "id_number", huge.clone()),
+        (Women, "record_version", huge.clone()),
+        (Women, "source", huge.clone()),
+        (Women, "ethnicity", huge.clone()),
+        (Women, "region_code", huge.clone()),
+        (Women, "record_id", huge.clone()),
+        (LifeEvents, "event_date", huge.clone()),
+        (Services, "amount_yuan", huge.clone()),
+        (Services, "amount_yuan", digits.clone()),
+        (Services, "amount_yuan", format!("-{digits}")),
+        (Services, "amount_yuan", format!("1.{digits}")),
+        (GroupFlags, "detail", huge.clone()),
+    ];
+    for (table, field, value) in cases {
+        let errs = errors(table, json!({ field: value }));
+        assert!(!errs.is_empty(), "{table} {field}: refused");
+        for e in &errs {
+            assert!(
+                e.message.len() < 600,
+                "{table} {field} {}: message of {} bytes",
+                e.code,
+                e.message.len()
+            );
+        }
+    }
+}
