@@ -352,23 +352,56 @@ async fn commit_group(
     dedup: &Dedup,
     metrics: &crate::metrics::Metrics,
 ) {
-    let jobs = match drop_remote_duplicates(table, jobs, store, dedup).await {
-        Ok(j) => j,
-        Err(_) => return, // replies were dropped: senders see a 503 from the closed channel
-    };
-    if jobs.is_empty() {
-        return;
-    }
-    let fail = |jobs: Vec<Job>, p: &dyn Fn() -> Problem| {
-        for j in jobs {
-            dedup.release(&j.receipt, false);
-            let _ = j.reply.send(Err(p()));
+    let mut jobs = jobs;
+    let mut rejects_stored = false;
+    // A commit can lose a race to another gateway process on the same store. Appends of
+    // different batches do not conflict (Delta retries them itself); the same Idempotency-Key
+    // or Batch-Seq committed by both does. Then the group is checked again: the batches the
+    // other process stored are refused as duplicates and the rest commit.
+    for attempt in 1..=COMMIT_ATTEMPTS {
+        jobs = match drop_remote_duplicates(table, jobs, store, dedup).await {
+            Ok(j) => j,
+            Err(_) => return, // replies were dropped: senders see a 503 from the closed channel
+        };
+        if jobs.is_empty() {
+            return;
         }
-    };
+        match try_commit_group(table, &jobs, store, &mut rejects_stored, metrics).await {
+            Ok((version, receipts)) => {
+                finish_group(jobs, receipts, version, store, dedup).await;
+                return;
+            }
+            Err(msg) if attempt < COMMIT_ATTEMPTS => {
+                tracing::warn!(%msg, attempt, table = table.as_str(), "commit failed; checking the group again and retrying");
+            }
+            Err(msg) => {
+                for j in jobs {
+                    dedup.release(&j.receipt, false);
+                    let _ = j
+                        .reply
+                        .send(Err(Problem::internal("committing the batch", &msg)));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Attempts at committing one group before its senders get a 503.
+const COMMIT_ATTEMPTS: usize = 3;
+
+/// The rejected rows (once), then the data commit with the receipts and transactions.
+async fn try_commit_group(
+    table: Table,
+    jobs: &[Job],
+    store: &Store,
+    rejects_stored: &mut bool,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(u64, Vec<Receipt>), String> {
     // Rejected rows first: if their commit fails, nothing of the group is stored.
     let rejects: Vec<RecordBatch> = jobs.iter().filter_map(|j| j.rejects.clone()).collect();
-    if !rejects.is_empty()
-        && let Err(e) = store
+    if !*rejects_stored && !rejects.is_empty() {
+        store
             .append(
                 REJECTS,
                 Append {
@@ -377,11 +410,9 @@ async fn commit_group(
                 },
             )
             .await
-    {
-        let msg = e.to_string();
-        fail(jobs, &|| Problem::internal("storing rejected rows", &msg));
-        return;
+            .map_err(|e| format!("storing rejected rows: {e}"))?;
     }
+    *rejects_stored = true;
     let group = jobs.len();
     let committed_at = Utc::now();
     let mut receipts: Vec<Receipt> = jobs.iter().map(|j| j.receipt.clone()).collect();
@@ -416,17 +447,22 @@ async fn commit_group(
         )],
     };
     let commit_started = std::time::Instant::now();
-    let version = match store.append(table.as_str(), append).await {
-        Ok(v) => {
-            metrics.commit(commit_started.elapsed());
-            v
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            fail(jobs, &|| Problem::internal("committing the batch", &msg));
-            return;
-        }
-    };
+    let version = store
+        .append(table.as_str(), append)
+        .await
+        .map_err(|e| e.to_string())?;
+    metrics.commit(commit_started.elapsed());
+    Ok((version, receipts))
+}
+
+/// After the data commit: the `batches` rows, then the replies.
+async fn finish_group(
+    jobs: Vec<Job>,
+    mut receipts: Vec<Receipt>,
+    version: u64,
+    store: &Store,
+    dedup: &Dedup,
+) {
     for r in &mut receipts {
         r.table_version = Some(version);
     }

@@ -280,6 +280,112 @@ impl Store {
     }
 }
 
+/// What compacting one table did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactStats {
+    pub files_removed: u64,
+    pub files_added: u64,
+    pub bytes_removed: u64,
+    pub bytes_added: u64,
+    /// The table version after compaction (unchanged when there was nothing to do).
+    pub version: u64,
+}
+
+/// What vacuuming one table did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VacuumStats {
+    pub files_deleted: u64,
+}
+
+/// Live data files of a table and their total size.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileStats {
+    pub version: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl Store {
+    /// Live data files of `name` at its latest version.
+    pub async fn file_stats(&self, name: &str) -> Result<FileStats> {
+        let table = self.refresh(name).await?;
+        let snapshot = table.snapshot()?;
+        let mut stats = FileStats {
+            version: snapshot.version(),
+            ..FileStats::default()
+        };
+        let mut files = snapshot
+            .snapshot()
+            .file_views(table.log_store().as_ref(), None);
+        while let Some(f) = files.next().await {
+            let f = f?;
+            stats.files += 1;
+            stats.bytes += f.size() as u64;
+        }
+        Ok(stats)
+    }
+
+    /// Rewrites small data files of `name` into files of about `target_bytes` (Delta
+    /// OPTIMIZE, bin-packing). Rows, and so every query answer, are unchanged; concurrent
+    /// appends from a running server do not conflict with it.
+    pub async fn compact(&self, name: &str, target_bytes: u64) -> Result<CompactStats> {
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        guard.update_state().await?;
+        let target = std::num::NonZeroU64::new(target_bytes.max(1)).expect("at least 1");
+        let (table, metrics) = guard
+            .clone()
+            .optimize()
+            .with_target_size(target)
+            .with_writer_properties(self.writer.clone())
+            .await?;
+        let version = table.version().unwrap_or_default();
+        *guard = table;
+        Ok(CompactStats {
+            files_removed: metrics.num_files_removed,
+            files_added: metrics.num_files_added,
+            bytes_removed: metrics.files_removed.total_size.max(0) as u64,
+            bytes_added: metrics.files_added.total_size.max(0) as u64,
+            version,
+        })
+    }
+
+    /// Writes a Delta checkpoint at the latest version of `name`, so that opening the table
+    /// reads one Parquet file instead of every commit. The JSON commits stay: they hold the
+    /// receipts that answer retried idempotency keys.
+    pub async fn checkpoint(&self, name: &str) -> Result<u64> {
+        let table = self.refresh(name).await?;
+        deltalake::checkpoints::create_checkpoint(&table, None).await?;
+        Ok(table.version().unwrap_or_default())
+    }
+
+    /// Deletes data files that no version newer than `retention` still needs (those that
+    /// compaction replaced). `retention` below the table's own (7 days by default) is refused
+    /// by Delta unless `force`, because a reader may still be on an older version.
+    pub async fn vacuum(
+        &self,
+        name: &str,
+        retention: std::time::Duration,
+        force: bool,
+    ) -> Result<VacuumStats> {
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        guard.update_state().await?;
+        let retention = chrono::Duration::from_std(retention)
+            .map_err(|e| StoreError::Url(name.into(), format!("retention: {e}")))?;
+        let (table, metrics) = guard
+            .clone()
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(!force)
+            .await?;
+        *guard = table;
+        Ok(VacuumStats {
+            files_deleted: metrics.files_deleted.len() as u64,
+        })
+    }
+}
+
 /// Casts a batch to the table's schema (same columns, in the table's order and nullability).
 fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let mut columns = Vec::with_capacity(schema.fields().len());

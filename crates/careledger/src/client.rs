@@ -1,110 +1,312 @@
-//! `careledger sql` and `careledger report`: one-shot queries against a running server.
+//! Where `sql`, `report` and the shell send their questions: a running server (with a token)
+//! or a local store opened directly (read-only SQL, full access).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use careledger_gateway::output::{Format, concat, encode};
+use careledger_model::RuleParams;
+use careledger_store::Store;
+use careledger_warehouse::reports::parse_instant;
+use careledger_warehouse::{Access, Warehouse};
+use datafusion::prelude::SQLOptions;
 use serde_json::{Value, json};
 
 use crate::table::print_table;
 
-/// Where the server is and who is asking.
-#[derive(Debug, clap::Args)]
-pub(crate) struct Remote {
+/// Where the answers come from.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Target {
     /// Server URL.
     #[arg(
         long,
         env = "CARELEDGER_SERVER",
         default_value = "http://127.0.0.1:8080"
     )]
-    server: String,
+    pub(crate) server: String,
     /// Bearer token (analyst or admin for SQL; dashboards may run reports).
     #[arg(long, env = "CARELEDGER_TOKEN")]
-    token: String,
-    /// Output: an aligned table on the terminal, or csv / json / arrow / parquet.
-    #[arg(long, default_value = "table")]
-    format: String,
-    /// Write the answer to this file instead of the terminal.
+    pub(crate) token: Option<String>,
+    /// Read a local store directly instead of asking a server (read-only, and with full
+    /// access: whoever can read the directory can read everything in it).
     #[arg(long)]
-    output: Option<PathBuf>,
+    pub(crate) store: Option<String>,
 }
 
-impl Remote {
-    fn wire_format(&self) -> Result<&str> {
+/// How answers are printed or saved.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Output {
+    /// Output: an aligned table on the terminal, or csv / json / arrow / parquet.
+    #[arg(long, default_value = "table")]
+    pub(crate) format: String,
+    /// Write the answer to this file instead of the terminal.
+    #[arg(long)]
+    pub(crate) output: Option<PathBuf>,
+}
+
+impl Output {
+    /// The format asked of the backend (`table` is drawn from JSON).
+    pub(crate) fn wire_format(&self) -> Result<Format> {
         match self.format.as_str() {
-            "table" | "json" => Ok("json"),
-            "csv" | "arrow" | "parquet" => Ok(&self.format),
-            other => bail!("--format {other}: use table, csv, json, arrow or parquet"),
+            "table" | "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            "arrow" => Ok(Format::Arrow),
+            "parquet" => Ok(Format::Parquet),
+            other => bail!("format {other}: use table, csv, json, arrow or parquet"),
         }
     }
 
-    async fn deliver(&self, resp: reqwest::Response) -> Result<()> {
-        let status = resp.status();
-        let body = resp.bytes().await?;
-        if !status.is_success() {
-            let detail = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v["detail"].as_str().map(str::to_string));
-            bail!(
-                "{status}: {}",
-                detail.unwrap_or_else(|| String::from_utf8_lossy(&body).into())
-            );
-        }
+    /// Prints the answer, or writes it to `--output`.
+    pub(crate) fn deliver(&self, body: &Bytes) -> Result<()> {
         if let Some(path) = &self.output {
-            std::fs::write(path, &body).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wrote {} bytes to {}", body.len(), path.display());
             return Ok(());
         }
         match self.format.as_str() {
             "table" => {
-                let v: Value = serde_json::from_slice(&body)?;
+                let v: Value = serde_json::from_slice(body)?;
                 print_table("", &v, usize::MAX);
                 Ok(())
             }
             "csv" | "json" => {
-                print!("{}", String::from_utf8_lossy(&body));
+                print!("{}", String::from_utf8_lossy(body));
                 Ok(())
             }
-            other => bail!("--format {other} is binary: give --output FILE"),
+            other => bail!("format {other} is binary: give --output FILE"),
         }
     }
 }
 
-/// Runs one SQL statement on the server.
-pub(crate) async fn sql(remote: Remote, statement: String, known_at: Option<String>) -> Result<()> {
-    let url = format!(
-        "{}/v1/sql?format={}",
-        remote.server.trim_end_matches('/'),
-        remote.wire_format()?
-    );
-    let body = json!({"sql": statement, "known_at": known_at});
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(&remote.token)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    remote.deliver(resp).await
+/// A server or a local store.
+#[derive(Debug)]
+pub(crate) enum Backend {
+    Remote {
+        client: reqwest::Client,
+        server: String,
+        token: String,
+    },
+    Local {
+        warehouse: Warehouse,
+    },
 }
 
-/// Runs a named report on the server with `k=v` parameters.
-pub(crate) async fn report(remote: Remote, name: String, params: Vec<String>) -> Result<()> {
-    let mut query: BTreeMap<String, String> = BTreeMap::new();
-    for p in params {
-        let Some((k, v)) = p.split_once('=') else {
-            bail!("--param {p}: write it as name=value")
-        };
-        query.insert(k.to_string(), v.to_string());
+/// Whether `location` (a directory or file:// URL) holds a careledger store.
+fn local_store_exists(location: &str) -> bool {
+    if location.contains("://") && !location.starts_with("file://") {
+        return true; // other object stores: let opening tell
     }
-    query.insert("format".into(), remote.wire_format()?.to_string());
-    let url = format!("{}/v1/reports/{name}", remote.server.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(&remote.token)
-        .query(&query)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    remote.deliver(resp).await
+    let dir = Path::new(location.strip_prefix("file://").unwrap_or(location));
+    dir.join("women").join("_delta_log").is_dir()
+}
+
+impl Backend {
+    pub(crate) async fn connect(target: &Target) -> Result<Backend> {
+        if let Some(location) = &target.store {
+            if !local_store_exists(location) {
+                bail!(
+                    "no careledger store at {location} (a store has women/_delta_log; `careledger serve --store {location}` creates one)"
+                );
+            }
+            let store = Store::open(location)
+                .await
+                .with_context(|| format!("opening store {location}"))?;
+            return Ok(Backend::Local {
+                warehouse: Warehouse::new(Arc::new(store), RuleParams::default()),
+            });
+        }
+        let Some(token) = target.token.clone() else {
+            bail!(
+                "give --token (or CARELEDGER_TOKEN) to ask the server at {}, or --store DIR to read a local store",
+                target.server
+            );
+        };
+        Ok(Backend::Remote {
+            client: reqwest::Client::new(),
+            server: target.server.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// Runs one read-only SQL statement.
+    pub(crate) async fn sql(
+        &self,
+        statement: &str,
+        known_at: Option<&str>,
+        format: Format,
+    ) -> Result<Bytes> {
+        match self {
+            Backend::Remote {
+                client,
+                server,
+                token,
+            } => {
+                let url = format!("{server}/v1/sql?format={}", format.as_str());
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(token)
+                    .json(&json!({"sql": statement, "known_at": known_at}))
+                    .send()
+                    .await
+                    .with_context(|| format!("POST {url}"))?;
+                answer(resp).await
+            }
+            Backend::Local { warehouse } => {
+                let known_at = known_at
+                    .map(|t| {
+                        parse_instant(t).with_context(|| {
+                            format!("known_at {t:?} is not an RFC 3339 instant or a date")
+                        })
+                    })
+                    .transpose()?;
+                let snap = warehouse.snapshot_as(known_at, &Access::all()).await?;
+                let options = SQLOptions::new()
+                    .with_allow_ddl(false)
+                    .with_allow_dml(false)
+                    .with_allow_statements(false);
+                let df = snap.ctx.sql_with_options(statement, options).await?;
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await?;
+                local_encode(format, &schema, &batches)
+            }
+        }
+    }
+
+    /// Runs a named report with `name=value` parameters.
+    pub(crate) async fn report(
+        &self,
+        name: &str,
+        params: &[(String, String)],
+        format: Format,
+    ) -> Result<Bytes> {
+        match self {
+            Backend::Remote {
+                client,
+                server,
+                token,
+            } => {
+                let mut query: Vec<(String, String)> = params.to_vec();
+                query.push(("format".into(), format.as_str().into()));
+                let url = format!("{server}/v1/reports/{name}");
+                let resp = client
+                    .get(&url)
+                    .bearer_auth(token)
+                    .query(&query)
+                    .send()
+                    .await
+                    .with_context(|| format!("GET {url}"))?;
+                answer(resp).await
+            }
+            Backend::Local { warehouse } => {
+                let given: HashMap<String, String> = params.iter().cloned().collect();
+                let (schema, batches) = warehouse
+                    .run_report_with_schema(name, &given, &Access::all())
+                    .await?;
+                local_encode(format, &schema, &batches)
+            }
+        }
+    }
+
+    /// The names of the tables SQL can read (for completion and `\d`).
+    pub(crate) async fn tables(&self) -> Result<Vec<(String, Vec<String>)>> {
+        match self {
+            Backend::Remote {
+                client,
+                server,
+                token,
+            } => {
+                let url = format!("{server}/v1/tables");
+                let resp = client
+                    .get(&url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .with_context(|| format!("GET {url}"))?;
+                let v: Value = serde_json::from_slice(&answer(resp).await?)?;
+                let list = v
+                    .get("tables")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                Ok(list
+                    .iter()
+                    .map(|t| {
+                        let cols = t["columns"]
+                            .as_array()
+                            .map(|c| {
+                                c.iter()
+                                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        (t["name"].as_str().unwrap_or_default().to_string(), cols)
+                    })
+                    .collect())
+            }
+            Backend::Local { warehouse } => {
+                let snap = warehouse.snapshot_as(None, &Access::all()).await?;
+                let schema = snap
+                    .ctx
+                    .catalog("datafusion")
+                    .and_then(|c| c.schema("public"))
+                    .context("no public schema")?;
+                let mut names = schema.table_names();
+                names.sort();
+                let mut out = Vec::new();
+                for name in names {
+                    let cols = match schema.table(&name).await? {
+                        Some(t) => t
+                            .schema()
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().clone())
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    out.push((name, cols));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn local_encode(
+    format: Format,
+    schema: &arrow_schema::SchemaRef,
+    batches: &[arrow_array::RecordBatch],
+) -> Result<Bytes> {
+    let batch = concat(schema, batches).map_err(|p| anyhow::anyhow!("{}", p.detail))?;
+    encode(format, &batch, None, usize::MAX).map_err(|p| anyhow::anyhow!("{}", p.detail))
+}
+
+/// The body of a successful answer, or the server's problem as an error.
+async fn answer(resp: reqwest::Response) -> Result<Bytes> {
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        let detail = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_string));
+        bail!(
+            "{status}: {}",
+            detail.unwrap_or_else(|| String::from_utf8_lossy(&body).into())
+        );
+    }
+    Ok(body)
+}
+
+/// `name=value` pairs from `--param`.
+pub(crate) fn parse_params(params: &[String]) -> Result<Vec<(String, String)>> {
+    params
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--param {p}: write it as name=value"))
+        })
+        .collect()
 }

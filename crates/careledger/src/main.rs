@@ -13,6 +13,9 @@ use rand::RngCore;
 
 mod client;
 mod demo;
+mod maintain;
+mod push;
+mod shell;
 mod table;
 
 /// careledger: data-sync gateway and warehouse for the dynamic ledger of rural left-behind women.
@@ -30,25 +33,35 @@ enum Command {
     /// Start the server and let the simulated departments push a realistic history through
     /// the HTTP API, then print a few reports and the URLs to try next.
     Demo(DemoArgs),
-    /// Run one read-only SQL statement on a server and print the answer.
+    /// Run read-only SQL on a server or a local store; with no statement, an interactive shell
+    /// (history, tab completion of tables and columns).
     Sql {
         /// The statement, e.g. "SELECT entry_reason, count(*) FROM status_episodes GROUP BY 1".
-        statement: String,
-        /// Ask as the warehouse knew things at this instant (RFC 3339).
+        statement: Option<String>,
+        /// Ask as the warehouse knew things at this instant (RFC 3339 or a date).
         #[arg(long)]
         known_at: Option<String>,
         #[command(flatten)]
-        remote: client::Remote,
+        target: client::Target,
+        #[command(flatten)]
+        output: client::Output,
     },
-    /// Run a named report on a server (`GET /v1/reports` lists them).
+    /// Run a named report (`careledger sql` then `\reports` lists them).
     Report {
         name: String,
         /// A parameter, name=value (repeatable), e.g. --param as_of=2024-12-31.
         #[arg(long = "param")]
         params: Vec<String>,
         #[command(flatten)]
-        remote: client::Remote,
+        target: client::Target,
+        #[command(flatten)]
+        output: client::Output,
     },
+    /// Send CSV / NDJSON / JSON files to a server in batches, with idempotency keys, retries
+    /// and a file listing the rejected rows.
+    Push(push::PushArgs),
+    /// Compact small files, write checkpoints and vacuum replaced files.
+    Maintain(maintain::MaintainArgs),
     /// Manage bearer tokens (kept hashed in <state-dir>/tokens.json).
     Token {
         #[command(subcommand)]
@@ -138,21 +151,49 @@ fn main() -> Result<()> {
         Command::Sql {
             statement,
             known_at,
-            remote,
-        } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(client::sql(remote, statement, known_at)),
+            target,
+            output,
+        } => current_thread()?.block_on(async {
+            let backend = client::Backend::connect(&target).await?;
+            match statement {
+                Some(statement) => {
+                    let body = backend
+                        .sql(&statement, known_at.as_deref(), output.wire_format()?)
+                        .await?;
+                    output.deliver(&body)
+                }
+                None => shell::run(backend, output).await,
+            }
+        }),
         Command::Report {
             name,
             params,
-            remote,
-        } => tokio::runtime::Builder::new_current_thread()
+            target,
+            output,
+        } => current_thread()?.block_on(async {
+            let backend = client::Backend::connect(&target).await?;
+            let body = backend
+                .report(
+                    &name,
+                    &client::parse_params(&params)?,
+                    output.wire_format()?,
+                )
+                .await?;
+            output.deliver(&body)
+        }),
+        Command::Push(args) => current_thread()?.block_on(push::run(args)),
+        Command::Maintain(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(client::report(remote, name, params)),
+            .block_on(maintain::run(args)),
         Command::Token { action, state_dir } => token(action, &state_dir),
     }
+}
+
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 #[cfg(unix)]

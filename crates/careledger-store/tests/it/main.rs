@@ -121,3 +121,55 @@ async fn memory_store_appends_with_transactions_and_metadata() {
         vec![serde_json::json!([1, 2])]
     );
 }
+
+/// Two `Store`s on one directory (as two server processes are) appending at once: every
+/// append commits, none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_directory_append_concurrently() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::sync::Arc::new(Store::open(dir.path().to_str().unwrap()).await.unwrap());
+    let b = std::sync::Arc::new(Store::open(dir.path().to_str().unwrap()).await.unwrap());
+    let schema = careledger_store::batches_schema();
+    let mut tasks = Vec::new();
+    for (i, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        let schema = schema.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for k in 0..15 {
+                let batch = RecordBatch::new_empty(schema.clone());
+                let v = store
+                    .append(
+                        BATCHES,
+                        Append {
+                            batches: vec![batch],
+                            txns: vec![(format!("app-{i}-{k}"), 1)],
+                            metadata: vec![],
+                        },
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("writer {i} append {k}: {e}"));
+                versions.push(v);
+            }
+            versions
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 30, "every append got its own version: {all:?}");
+    let latest = a.refresh(BATCHES).await.unwrap().version().unwrap();
+    assert_eq!(latest, 30);
+    for i in 0..2 {
+        for k in 0..15 {
+            assert_eq!(
+                a.txn_version(BATCHES, &format!("app-{i}-{k}"))
+                    .await
+                    .unwrap(),
+                Some(1)
+            );
+        }
+    }
+}

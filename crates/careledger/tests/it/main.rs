@@ -2,7 +2,10 @@
 
 use std::process::Command;
 
-fn careledger() -> Command {
+mod crash;
+mod push_sql;
+
+pub(crate) fn careledger() -> Command {
     Command::new(env!("CARGO_BIN_EXE_careledger"))
 }
 
@@ -124,46 +127,86 @@ fn token_create_list_revoke() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
 }
 
+/// `careledger serve` as a child process on loopback and a temporary store; killed if a test
+/// fails before its graceful stop.
+pub(crate) struct Server {
+    pub(crate) child: std::process::Child,
+    pub(crate) url: String,
+    pub(crate) data: std::path::PathBuf,
+}
+
+impl Server {
+    pub(crate) fn start(dir: &std::path::Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    pub(crate) fn start_with(dir: &std::path::Path, extra: &[&str]) -> Server {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        // The server's log, kept beside the store for a failing test to show.
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::fs::File::create(dir.join(format!("server-{n}.log"))).unwrap();
+        let mut child = careledger()
+            .current_dir(dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .strip_prefix("careledger listening on ")
+            .unwrap_or_else(|| panic!("the URL first, got {first:?}"))
+            .to_string();
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url,
+            data: dir.join("careledger-data"),
+        }
+    }
+
+    /// A token from the first start's `tokens-initial.txt` (`admin`, or a source's code).
+    pub(crate) fn token(&self, name: &str) -> String {
+        let tokens = std::fs::read_to_string(self.data.join("tokens-initial.txt")).unwrap();
+        tokens
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}\t")))
+            .unwrap_or_else(|| panic!("no initial token {name}"))
+            .split('\t')
+            .nth(2)
+            .unwrap()
+            .to_string()
+    }
+
+    /// SIGINT, and a clean exit.
+    pub(crate) fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "graceful shutdown on SIGINT: {status:?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `serve` as a real process on loopback; `sql` and `report` against it.
 #[test]
 fn sql_and_report_against_a_running_server() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
-    /// Kills the server if the test fails before its graceful stop.
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut server = Guard(
-        careledger()
-            .current_dir(dir.path())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first
-        .strip_prefix("careledger listening on ")
-        .expect("the URL first")
-        .to_string();
-    let tokens =
-        std::fs::read_to_string(dir.path().join("careledger-data/tokens-initial.txt")).unwrap();
-    let admin = tokens
-        .lines()
-        .find(|l| l.starts_with("admin\t"))
-        .unwrap()
-        .split('\t')
-        .nth(2)
-        .unwrap()
-        .to_string();
+    let mut server = Server::start(dir.path());
+    let (url, admin) = (server.url.clone(), server.token("admin"));
 
     let out = careledger()
         .args([
@@ -246,9 +289,5 @@ fn sql_and_report_against_a_running_server() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let _ = Command::new("kill")
-        .args(["-INT", &server.0.id().to_string()])
-        .status();
-    let status = server.0.wait().unwrap();
-    assert!(status.success(), "graceful shutdown on SIGINT: {status:?}");
+    server.stop();
 }

@@ -1,0 +1,345 @@
+//! `push`, `sql` (server, local store, interactive shell), `report` and `maintain`, each as a
+//! real process against a real server process or store directory.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+use careledger_model::ResidentId;
+use chrono::NaiveDate;
+
+use crate::{Server, careledger};
+
+const VILLAGE: &str = "450123100201";
+
+fn id(n: u32) -> String {
+    let birth =
+        NaiveDate::from_ymd_opt(1975, 1, 1).unwrap() + chrono::TimeDelta::days(i64::from(n));
+    ResidentId::synthesize("450123", birth, 2)
+        .as_str()
+        .to_string()
+}
+
+/// The same ID with a wrong check digit.
+fn bad_check_digit(n: u32) -> String {
+    let good = id(n);
+    let last = good.chars().last().unwrap();
+    let wrong = if last == '0' { '1' } else { '0' };
+    format!("{}{wrong}", &good[..17])
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(out: Output) -> String {
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+/// The single number a one-cell table answer prints.
+fn single_number(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no number in {stdout}"))
+}
+
+#[test]
+fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let source = server.token("civil_affairs");
+    let admin = server.token("admin");
+
+    // 30 valid women and 2 invalid ones (bad check digit on file line 12, unknown village on
+    // line 25) in CSV; one name holds a quoted comma and a quoted newline.
+    let mut csv = String::from(
+        "source,record_id,record_version,op,id_number,region_code,ethnicity,marital_status\n",
+    );
+    let mut line = 1;
+    for n in 0..32u32 {
+        line += 1;
+        let (idn, village) = match line {
+            12 => (bad_check_digit(n), VILLAGE.to_string()),
+            25 => (id(n), "450123999999".to_string()),
+            _ => (id(n), VILLAGE.to_string()),
+        };
+        let record = if n == 3 {
+            "\"w-3, \nsecond line\"".to_string()
+        } else {
+            format!("w-{n}")
+        };
+        if n == 3 {
+            line += 1;
+        }
+        csv.push_str(&format!(
+            "civil_affairs,{record},1,upsert,{idn},{village},01,20\n"
+        ));
+    }
+    let csv_path = dir.path().join("women.csv");
+    std::fs::write(&csv_path, &csv).unwrap();
+    // NDJSON: 5 valid, one line that is not JSON (line 3), one bad check digit (line 7).
+    let mut nd = String::new();
+    for n in 100..107u32 {
+        let idn = if n == 105 { bad_check_digit(n) } else { id(n) };
+        if n == 102 {
+            nd.push_str("{\"source\": \"civil_affairs\", oops\n");
+        }
+        if n != 102 {
+            nd.push_str(&format!(
+                "{{\"source\":\"civil_affairs\",\"record_id\":\"w-{n}\",\"record_version\":1,\"op\":\"upsert\",\"id_number\":\"{idn}\",\"region_code\":\"{VILLAGE}\"}}\n"
+            ));
+        }
+    }
+    let nd_path = dir.path().join("more.ndjson");
+    std::fs::write(&nd_path, &nd).unwrap();
+    let rejects = dir.path().join("rejects.csv");
+
+    let push = |extra: &[&str]| {
+        careledger()
+            .args(["push", "--table", "women", "--batch-rows", "7"])
+            .args(["--server", &server.url, "--token", &source])
+            .args(["--rejects", rejects.to_str().unwrap()])
+            .args(extra)
+            .arg(&csv_path)
+            .arg(&nd_path)
+            .output()
+            .unwrap()
+    };
+    let stdout = ok(push(&[]));
+    assert!(
+        stdout.contains("35 rows accepted, 4 rejected"),
+        "30 + 5 valid; 2 + 2 invalid: {stdout}"
+    );
+    assert!(stdout.contains("0 batches already sent"), "{stdout}");
+    let listed = std::fs::read_to_string(&rejects).unwrap();
+    assert!(listed.starts_with("\u{feff}file,line,record,field,code,message\n"));
+    let rows: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{listed}");
+    let csv_name = csv_path.display().to_string();
+    let nd_name = nd_path.display().to_string();
+    assert!(
+        rows[0].starts_with(&format!(
+            "{csv_name},12,10,id_number,id_number.check_digit,"
+        )),
+        "{listed}"
+    );
+    assert!(
+        rows[1].starts_with(&format!("{csv_name},25,23,region_code,")),
+        "{listed}"
+    );
+    assert!(
+        rows[2].starts_with(&format!("{nd_name},3,3,,row.malformed_json,")),
+        "{listed}"
+    );
+    assert!(
+        rows[3].starts_with(&format!("{nd_name},6,6,id_number,id_number.check_digit,")),
+        "{listed}"
+    );
+
+    // Pushing the same files again stores nothing twice: every batch is answered from its
+    // receipt.
+    let stdout = ok(push(&[]));
+    assert!(stdout.contains("0 rows accepted"), "{stdout}");
+    assert!(stdout.contains("6 batches already sent"), "{stdout}");
+    let count = |args: &[&str]| {
+        single_number(&ok(careledger()
+            .args(["sql", "SELECT count(*) AS n FROM women"])
+            .args(args)
+            .output()
+            .unwrap()))
+    };
+    assert_eq!(count(&["--server", &server.url, "--token", &admin]), 35);
+
+    // Only source tokens push: the refused batch is named and the exit status says so.
+    let out = careledger()
+        .args(["push", "--table", "women", "--server", &server.url])
+        .args(["--token", &admin])
+        .args(["--rejects", dir.path().join("r2.csv").to_str().unwrap()])
+        .arg(&nd_path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("1 of 1 batches were not stored"),
+        "{stderr}"
+    );
+    let r2 = std::fs::read_to_string(dir.path().join("r2.csv")).unwrap();
+    assert!(r2.contains("batch.failed"), "{r2}");
+    assert!(r2.contains("403"), "{r2}");
+    // Another source's token: every row is refused as not its own, and listed.
+    let out = careledger()
+        .args(["push", "--table", "women", "--server", &server.url])
+        .args(["--token", &server.token("health")])
+        .args(["--rejects", dir.path().join("r3.csv").to_str().unwrap()])
+        .arg(&nd_path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    let r3 = std::fs::read_to_string(dir.path().join("r3.csv")).unwrap();
+    assert!(
+        r3.matches("source.not_token_source").count() == 6,
+        "{stdout}\n{stderr}\n{r3}"
+    );
+
+    // A file type it cannot read is refused before anything is sent.
+    let odd = dir.path().join("women.xlsx");
+    std::fs::write(&odd, b"PK").unwrap();
+    let out = careledger()
+        .args(["push", "--table", "women", "--server", &server.url])
+        .args(["--token", &source])
+        .arg(&odd)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).1.contains("unknown file type"),
+        "{:?}",
+        text(&out)
+    );
+
+    server.stop();
+
+    // The same answers straight from the store directory, with the server stopped.
+    let store = server.data.to_str().unwrap().to_string();
+    assert_eq!(count(&["--store", &store]), 35);
+    let stock = ok(careledger()
+        .args(["report", "stock", "--store", &store, "--format", "csv"])
+        .args(["--param", "as_of=2024-12-31", "--param", "level=county"])
+        .output()
+        .unwrap());
+    assert!(
+        stock.starts_with("region_code,region_name,women"),
+        "{stock}"
+    );
+    let out = careledger()
+        .args([
+            "sql",
+            "SELECT 1",
+            "--store",
+            dir.path().join("nowhere").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).1.contains("no careledger store at"),
+        "{:?}",
+        text(&out)
+    );
+    let out = careledger()
+        .args(["sql", "SELECT 1", "--server", "http://127.0.0.1:9"])
+        .env_remove("CARELEDGER_TOKEN")
+        .output()
+        .unwrap();
+    assert!(text(&out).1.contains("give --token"), "{:?}", text(&out));
+    let out = careledger()
+        .args(["sql", "DELETE FROM women", "--store", &store])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "local SQL is read-only too");
+
+    // maintain: the 7 small women files become one; answers are unchanged.
+    let women_files = |store: &str| {
+        std::fs::read_dir(std::path::Path::new(store).join("women"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".parquet")
+            })
+            .count()
+    };
+    assert!(women_files(&store) >= 2, "several commits, several files");
+    let report = ok(careledger()
+        .args([
+            "maintain",
+            "--store",
+            &store,
+            "--retain-hours",
+            "0",
+            "--force",
+        ])
+        .output()
+        .unwrap());
+    assert!(report.contains("maintained 8 tables"), "{report}");
+    let women_line = report.lines().find(|l| l.starts_with("women ")).unwrap();
+    assert!(women_line.contains("now 1 files"), "{report}");
+    assert_eq!(women_files(&store), 1, "vacuum deleted the replaced files");
+    assert!(
+        std::path::Path::new(&store)
+            .join("women/_delta_log/_last_checkpoint")
+            .exists()
+    );
+    assert_eq!(count(&["--store", &store]), 35);
+}
+
+#[test]
+fn the_shell_runs_statements_and_commands_and_keeps_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let admin = server.token("admin");
+    let history = dir.path().join("history");
+    let input = "\\d\n\
+                 SELECT count(*) AS women\n  FROM women;\n\
+                 SELECT nonsense FROM nowhere;\n\
+                 \\format csv\n\
+                 SELECT '台账' AS word, 2 AS n;\n\
+                 \\report stock as_of=2024-12-31 level=city\n\
+                 \\q\n";
+    let run = |args: &[&str]| {
+        let mut child = careledger()
+            .arg("sql")
+            .args(args)
+            .env("CARELEDGER_HISTORY", &history)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    for args in [
+        vec!["--server", server.url.as_str(), "--token", admin.as_str()],
+        vec!["--store", server.data.to_str().unwrap()],
+    ] {
+        let out = run(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("status_episodes"),
+            "\\d lists tables: {stdout}"
+        );
+        assert!(
+            stdout.contains("women\n  -----"),
+            "a table answer: {stdout}"
+        );
+        assert!(
+            stderr.contains("error:"),
+            "a bad statement is reported: {stderr}"
+        );
+        assert!(
+            stdout.contains("word,n\n台账,2\n"),
+            "\\format csv: {stdout}"
+        );
+        assert!(
+            stdout.contains("region_code,region_name,women"),
+            "\\report: {stdout}"
+        );
+    }
+    let kept = std::fs::read_to_string(&history).unwrap();
+    assert!(kept.contains("SELECT '台账' AS word, 2 AS n;"), "{kept}");
+    server.stop();
+}
