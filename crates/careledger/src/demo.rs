@@ -116,7 +116,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let client = reqwest::Client::new();
     let mut tally = Tally::default();
     let t = Instant::now();
-    // Batches go in their push order, 16 in flight (departments push independently; the
+    // Batches go in their push order, many in flight (departments push independently; the
     // gateway group-commits what arrives together).
     let mut results = futures::stream::iter(batches.iter().map(|b| {
         let client = &client;
@@ -132,7 +132,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             Ok::<_, anyhow::Error>((b.rows.len(), first, again))
         }
     }))
-    .buffered(16);
+    .buffered(args.in_flight.max(1));
     while let Some(r) = results.next().await {
         let (n, first, again) = r?;
         tally.batches += 1;

@@ -108,6 +108,9 @@ struct DemoArgs {
     /// County code prefixes to simulate (comma-separated; empty = all of Guangxi).
     #[arg(long, default_value = "")]
     counties: String,
+    /// Requests in flight at once (the gateway commits what arrives together as one group).
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
     /// Stop the server after printing the reports instead of serving until Ctrl-C.
     #[arg(long)]
     exit: bool,

@@ -188,6 +188,33 @@ fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain(
         "{stdout}\n{stderr}\n{r3}"
     );
 
+    // More invalid rows in one batch than a receipt keeps (100): the reply lists them all.
+    let mut many = String::new();
+    for n in 200..360u32 {
+        let idn = if n < 350 { bad_check_digit(n) } else { id(n) };
+        many.push_str(&format!(
+            "{{\"source\":\"civil_affairs\",\"record_id\":\"m-{n}\",\"record_version\":1,\"op\":\"upsert\",\"id_number\":\"{idn}\",\"region_code\":\"{VILLAGE}\"}}\n"
+        ));
+    }
+    let many_path = dir.path().join("many.ndjson");
+    std::fs::write(&many_path, &many).unwrap();
+    let r4 = dir.path().join("r4.csv");
+    let stdout = ok(careledger()
+        .args(["push", "--table", "women", "--server", &server.url])
+        .args(["--token", &source, "--batch-rows", "1000"])
+        .args(["--rejects", r4.to_str().unwrap()])
+        .arg(&many_path)
+        .output()
+        .unwrap());
+    assert!(stdout.contains("10 rows accepted, 150 rejected"), "{stdout}");
+    let listed = std::fs::read_to_string(&r4).unwrap();
+    assert_eq!(
+        listed.matches("id_number.check_digit").count(),
+        150,
+        "{listed}"
+    );
+    assert!(listed.contains(&format!("{},150,150,id_number", many_path.display())));
+
     // A file type it cannot read is refused before anything is sent.
     let odd = dir.path().join("women.xlsx");
     std::fs::write(&odd, b"PK").unwrap();
@@ -207,7 +234,7 @@ fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain(
 
     // The same answers straight from the store directory, with the server stopped.
     let store = server.data.to_str().unwrap().to_string();
-    assert_eq!(count(&["--store", &store]), 35);
+    assert_eq!(count(&["--store", &store]), 45);
     let stock = ok(careledger()
         .args(["report", "stock", "--store", &store, "--format", "csv"])
         .args(["--param", "as_of=2024-12-31", "--param", "level=county"])
@@ -277,7 +304,7 @@ fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain(
             .join("women/_delta_log/_last_checkpoint")
             .exists()
     );
-    assert_eq!(count(&["--store", &store]), 35);
+    assert_eq!(count(&["--store", &store]), 45);
 }
 
 #[test]
