@@ -233,12 +233,16 @@ pub fn bind(
     for k in given.keys() {
         if k != "known_at" && !spec.params.iter().any(|p| &p.name == k) {
             let names: Vec<&str> = spec.params.iter().map(|p| p.name.as_str()).collect();
+            let takes = if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            };
             return Err(bad(
                 k,
                 format!(
-                    "report {} has no such parameter; it takes {}",
-                    spec.name,
-                    names.join(", ")
+                    "report {} has no such parameter; its parameters: {takes}",
+                    spec.name
                 ),
             ));
         }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use careledger_gateway::{AppState, CommitConfig, GatewayConfig, Role, TokenRegistry, router};
 use careledger_model::PseudonymKey;
 use careledger_store::Store;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use rand::RngCore;
 
 mod client;
@@ -16,6 +16,7 @@ mod demo;
 mod maintain;
 mod push;
 mod shell;
+mod simulate;
 mod table;
 
 /// careledger: data-sync gateway and warehouse for the dynamic ledger of rural left-behind women.
@@ -62,6 +63,8 @@ enum Command {
     Push(push::PushArgs),
     /// Compact small files, write checkpoints and vacuum replaced files.
     Maintain(maintain::MaintainArgs),
+    /// Write the simulated departments' rows to files (<out>/<source>/<table>.ndjson).
+    Simulate(simulate::SimulateArgs),
     /// Manage bearer tokens (kept hashed in <state-dir>/tokens.json).
     Token {
         #[command(subcommand)]
@@ -78,6 +81,10 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// A TOML file with any of these settings by their long names (store, state_dir, listen,
+    /// commit_window_ms, max_body_mib, …); flags and environment variables win over it.
+    #[arg(long, env = "CARELEDGER_CONFIG")]
+    config: Option<PathBuf>,
     /// Store location: a directory, file:///abs/dir, memory:// (nothing kept).
     #[arg(long, env = "CARELEDGER_STORE", default_value = "./careledger-data")]
     store: String,
@@ -141,7 +148,13 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "warn,careledger=info,buoyant_kernel=off".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (Command::Serve(serve) | Command::Demo(DemoArgs { serve, .. }), Some((_, sub))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        apply_config_file(serve, sub)?;
+    }
     match cli.command {
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -184,6 +197,7 @@ fn main() -> Result<()> {
                 .await?;
             output.deliver(&body)
         }),
+        Command::Simulate(args) => simulate::run(args),
         Command::Push(args) => current_thread()?.block_on(push::run(args)),
         Command::Maintain(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -191,6 +205,50 @@ fn main() -> Result<()> {
             .block_on(maintain::run(args)),
         Command::Token { action, state_dir } => token(action, &state_dir),
     }
+}
+
+/// Settings of `serve` that a config file may give.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    store: Option<String>,
+    state_dir: Option<PathBuf>,
+    listen: Option<String>,
+    commit_window_ms: Option<u64>,
+    max_body_mib: Option<usize>,
+}
+
+/// Fills the settings that neither a flag nor an environment variable gave from `--config`.
+fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let Some(path) = &args.config else {
+        return Ok(());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: ServeFile =
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+    let unset = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            None | Some(clap::parser::ValueSource::DefaultValue)
+        )
+    };
+    if let Some(v) = file.store.filter(|_| unset("store")) {
+        args.store = v;
+    }
+    if let Some(v) = file.state_dir.filter(|_| unset("state_dir")) {
+        args.state_dir = Some(v);
+    }
+    if let Some(v) = file.listen.filter(|_| unset("listen")) {
+        args.listen = v;
+    }
+    if let Some(v) = file.commit_window_ms.filter(|_| unset("commit_window_ms")) {
+        args.commit_window_ms = v;
+    }
+    if let Some(v) = file.max_body_mib.filter(|_| unset("max_body_mib")) {
+        args.max_body_mib = v;
+    }
+    Ok(())
 }
 
 fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {

@@ -291,3 +291,32 @@ fn sql_and_report_against_a_running_server() {
 
     server.stop();
 }
+
+/// `serve --config FILE`: the file gives what flags and environment leave unset; a misspelt
+/// key is named.
+#[test]
+fn serve_reads_a_config_file_and_names_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("careledger.toml"),
+        "store = \"./ledger-store\"\ncommit_window_ms = 5\nlisten = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    // --listen on the command line wins over the file's port 1.
+    let mut server = Server::start_with(dir.path(), &["--config", "careledger.toml"]);
+    assert!(!server.url.ends_with(":1"), "{}", server.url);
+    assert!(dir.path().join("ledger-store/women/_delta_log").is_dir());
+    server.data = dir.path().join("ledger-store");
+    assert!(!server.token("admin").is_empty());
+    server.stop();
+
+    std::fs::write(dir.path().join("bad.toml"), "lisen = \"127.0.0.1:0\"\n").unwrap();
+    let out = careledger()
+        .current_dir(dir.path())
+        .args(["serve", "--config", "bad.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lisen"), "{stderr}");
+}

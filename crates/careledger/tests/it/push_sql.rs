@@ -206,7 +206,10 @@ fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain(
         .arg(&many_path)
         .output()
         .unwrap());
-    assert!(stdout.contains("10 rows accepted, 150 rejected"), "{stdout}");
+    assert!(
+        stdout.contains("10 rows accepted, 150 rejected"),
+        "{stdout}"
+    );
     let listed = std::fs::read_to_string(&r4).unwrap();
     assert_eq!(
         listed.matches("id_number.check_digit").count(),
