@@ -12,6 +12,7 @@ pub mod output;
 pub mod problem;
 pub mod query;
 pub mod receipt;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ pub use commit::{CommitConfig, Committer, Dedup};
 pub use problem::Problem;
 pub use query::QueryConfig;
 pub use receipt::Receipt;
+pub use serve::{ServeLimits, serve};
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -36,6 +38,7 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Rows one ingest body may hold (a body of tiny rows is refused before it is expanded).
     pub max_rows_per_body: usize,
+    /// The whole request, body upload included: past it the answer is a 408 problem.
     pub request_timeout: Duration,
     pub commit: CommitConfig,
     pub query: QueryConfig,
@@ -183,8 +186,49 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(query_router(state))
         .merge(service)
         .fallback(not_found)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
+        .layer(axum::middleware::from_fn_with_state(
             timeout,
+            request_deadline,
         ))
+}
+
+/// "300 ms", "60 s".
+pub(crate) fn duration_text(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// Bounds the whole request, reading its body included: a sender that dribbles the body gets
+/// a 408 problem naming the limit, and the connection is closed (the rest of the body is not
+/// waited for).
+async fn request_deadline(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let mut resp = Problem::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                format!(
+                    "the request was not received and answered within the request timeout of {}; a body sent too slowly is cut off. If the whole body had arrived, the batch may still be committed: retry with the same Idempotency-Key",
+                    duration_text(limit)
+                ),
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            resp
+        }
+    }
 }

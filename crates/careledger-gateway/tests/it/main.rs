@@ -5,6 +5,7 @@ mod formats;
 mod idempotency;
 mod ingest;
 mod query;
+mod serve;
 
 use std::collections::HashMap;
 use std::sync::Arc;
