@@ -2,6 +2,7 @@
 //! temporary directory, real commits read back from the Parquet files.
 
 mod formats;
+mod hostile;
 mod idempotency;
 mod ingest;
 mod query;
