@@ -40,6 +40,8 @@ pub struct QueryConfig {
     pub disclosure_k: i64,
     /// Report responses kept for repeated identical requests.
     pub cache_entries: usize,
+    /// Bytes of SQL text one `POST /v1/sql` may carry.
+    pub max_sql_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -50,6 +52,7 @@ impl Default for QueryConfig {
             json_row_cap: 100_000,
             disclosure_k: 5,
             cache_entries: 64,
+            max_sql_bytes: 100 * 1024,
         }
     }
 }
@@ -124,6 +127,20 @@ fn datafusion_problem(e: DataFusionError) -> Problem {
                 "the query needed more memory than one query may use ({m}); narrow it or aggregate first"
             ),
         ),
+        DataFusionError::SQL(parse, _)
+            if matches!(
+                parse.as_ref(),
+                datafusion::sql::sqlparser::parser::ParserError::RecursionLimitExceeded
+            ) =>
+        {
+            Problem::bad_request(
+                "bad-query",
+                format!(
+                    "the query nests expressions or subqueries deeper than the SQL parser's recursion limit ({}); flatten it",
+                    e.find_root()
+                ),
+            )
+        }
         DataFusionError::SQL(..)
         | DataFusionError::Plan(..)
         | DataFusionError::SchemaError(..)
@@ -140,8 +157,8 @@ fn timeout_problem(t: Duration) -> Problem {
         StatusCode::SERVICE_UNAVAILABLE,
         "query-timeout",
         format!(
-            "the query ran longer than {} s and was stopped",
-            t.as_secs()
+            "the query ran longer than {} and was stopped",
+            crate::duration_text(t)
         ),
     )
 }
@@ -206,25 +223,263 @@ fn known_at_of(text: Option<&String>) -> Result<Option<chrono::DateTime<chrono::
     .transpose()
 }
 
-/// Runs a plan on its own task, so that the timeout fires even while an operator is busy,
-/// and aborts it when the time is up (the engine's streams yield cooperatively).
-async fn run_collect(
-    state: &AppState,
+/// Plans `df` and starts it, with every operator's output made cooperative: each batch it
+/// hands up spends the task's scheduling budget, so a long-running query yields to the
+/// runtime regularly and its timeout fires and aborts it on time. DataFusion makes only the
+/// leaves cooperative; an operator that emits many batches per input batch (a cross join: a
+/// billion rows from one probe batch) otherwise holds a worker thread for tens of seconds.
+async fn execute(
     df: datafusion::dataframe::DataFrame,
-) -> Result<(SchemaRef, Vec<RecordBatch>), Problem> {
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+) -> Result<datafusion::physical_plan::SendableRecordBatchStream, DataFusionError> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion::physical_plan::coop::CooperativeExec;
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let plan = plan
+        .transform_up(|node: Arc<dyn ExecutionPlan>| {
+            Ok(
+                if node.children().is_empty() || node.is::<CooperativeExec>() {
+                    Transformed::no(node)
+                } else {
+                    Transformed::yes(Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>)
+                },
+            )
+        })?
+        .data;
+    datafusion::physical_plan::execute_stream(plan, task)
+}
+
+/// Deepest expression nesting user SQL may have. The parser bounds recursion (50 levels), but
+/// a chain of binary operators (`a OR b OR …`, `1 + 1 + …`) is parsed in a loop into a tree
+/// as deep as the chain is long, and planning it costs time quadratic in that depth.
+pub const MAX_SQL_EXPR_DEPTH: usize = 500;
+/// Most set operations (`UNION`, `INTERSECT`, `EXCEPT`) in one query body: a chain of them is
+/// one deep plan, like an operator chain.
+pub const MAX_SQL_SET_OPERATIONS: usize = 500;
+/// Most table references (tables, subqueries, functions in `FROM` and joins) in one statement.
+pub const MAX_SQL_TABLES: usize = 256;
+
+/// Counts what makes a plan deep or wide, stopping at the first limit passed.
+#[derive(Default)]
+struct Shape {
+    depth: usize,
+    set_operations: usize,
+    tables: usize,
+}
+
+/// Set operations in one query body, counted without recursion (nested queries are counted
+/// when the visitor reaches them).
+fn set_operations(body: &datafusion::sql::sqlparser::ast::SetExpr) -> usize {
+    use datafusion::sql::sqlparser::ast::SetExpr;
+    let (mut n, mut todo) = (0, vec![body]);
+    while let Some(e) = todo.pop() {
+        if let SetExpr::SetOperation { left, right, .. } = e {
+            n += 1;
+            todo.push(left);
+            todo.push(right);
+        }
+    }
+    n
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for Shape {
+    type Break = String;
+
+    fn pre_visit_expr(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> std::ops::ControlFlow<String> {
+        self.depth += 1;
+        if self.depth > MAX_SQL_EXPR_DEPTH {
+            return std::ops::ControlFlow::Break(format!(
+                "the query nests expressions more than {MAX_SQL_EXPR_DEPTH} deep (each operator of a chain like a OR b OR … is one level); use IN (…) lists, or split the query"
+            ));
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> std::ops::ControlFlow<String> {
+        self.depth -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(
+        &mut self,
+        q: &datafusion::sql::sqlparser::ast::Query,
+    ) -> std::ops::ControlFlow<String> {
+        self.set_operations += set_operations(&q.body);
+        if self.set_operations > MAX_SQL_SET_OPERATIONS {
+            return std::ops::ControlFlow::Break(format!(
+                "the query has more than {MAX_SQL_SET_OPERATIONS} UNION / INTERSECT / EXCEPT operations; split it"
+            ));
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::TableFactor,
+    ) -> std::ops::ControlFlow<String> {
+        self.tables += 1;
+        if self.tables > MAX_SQL_TABLES {
+            return std::ops::ControlFlow::Break(format!(
+                "the query names more than {MAX_SQL_TABLES} tables, subqueries or table functions; split it"
+            ));
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// Refuses SQL whose shape would make planning deep or slow (see the limits above). SQL the
+/// generic parser cannot read is left to DataFusion, which names the syntax error.
+fn check_shape(sql: &str) -> Result<(), Problem> {
+    use datafusion::sql::sqlparser::ast::Visit;
+    let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
+    let Ok(statements) = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)
+    else {
+        return Ok(());
+    };
+    let mut shape = Shape::default();
+    match statements.visit(&mut shape) {
+        std::ops::ControlFlow::Break(detail) => {
+            Err(Problem::bad_request("query-too-complex", detail))
+        }
+        std::ops::ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// Stack of each thread of the query runtime. User SQL decides how deep the engine recurses:
+/// within the SQL length limit a chain of `1 + 1 + …` or of `UNION ALL`s is thousands of
+/// levels deep, and DataFusion formats and plans such trees recursively (a few KiB of stack
+/// per level, more in debug builds). 2 MiB, tokio's default, overflowed at ~300 levels and
+/// aborted the process. The stacks are reserved, not committed: unused pages cost nothing.
+const QUERY_STACK_BYTES: usize = 256 * 1024 * 1024;
+
+/// The runtime that plans and runs user SQL, apart from the one serving HTTP: deep plans get
+/// large stacks, and a query busy in one long synchronous step (planning, an operator that
+/// does not yield) cannot hold up ingest or stop its own timeout from answering.
+fn query_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            // More threads than cores: a stopped query's operator can keep a thread busy
+            // until it next yields, and the queries after it should still find threads.
+            .worker_threads(
+                std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .max(2)
+                    * 2,
+            )
+            .thread_name("careledger-sql")
+            .thread_stack_size(QUERY_STACK_BYTES)
+            .enable_all()
+            .build()
+            .expect("starting the query runtime")
+    })
+}
+
+/// How a query's result is wanted.
+enum Want {
+    /// Collected whole, at most this many rows (JSON) and at most the memory limit in bytes.
+    Whole(Option<usize>),
+    /// Started, to be streamed batch by batch.
+    Stream,
+}
+
+enum Ran {
+    Whole(SchemaRef, Vec<RecordBatch>),
+    Stream(datafusion::physical_plan::SendableRecordBatchStream),
+}
+
+/// Plans and runs `sql` on the query runtime, under the query timeout (planning included):
+/// at the deadline the task is aborted (at its next yield) and the answer is a 503 problem. A
+/// result held whole is bounded too: past the row cap (JSON) or past the query memory limit
+/// in bytes, collecting stops with a problem instead of growing until the timeout.
+async fn run_sql(
+    state: &AppState,
+    snap: careledger_warehouse::Snapshot,
+    sql: String,
+    params: Vec<(String, ScalarValue)>,
+    want: Want,
+) -> Result<Ran, Problem> {
+    use futures::StreamExt;
     let t = state.query.timeout;
-    let mut task = tokio::spawn(df.collect());
-    let batches = match tokio::time::timeout(t, &mut task).await {
-        Ok(joined) => joined
-            .map_err(|e| Problem::internal("the query task", &e))?
-            .map_err(datafusion_problem)?,
+    let byte_cap = state.query.memory_limit;
+    let mut task = query_runtime().spawn(async move {
+        check_shape(&sql)?;
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let mut df = snap
+            .ctx
+            .sql_with_options(&sql, options)
+            .await
+            .map_err(datafusion_problem)?;
+        if !params.is_empty() {
+            df = df.with_param_values(params).map_err(datafusion_problem)?;
+        }
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut stream = execute(df).await.map_err(datafusion_problem)?;
+        let Want::Whole(row_cap) = want else {
+            return Ok(Ran::Stream(stream));
+        };
+        let (mut rows, mut bytes, mut out) = (0usize, 0usize, Vec::new());
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(datafusion_problem)?;
+            rows += batch.num_rows();
+            bytes += batch.get_array_memory_size();
+            out.push(batch);
+            if let Some(cap) = row_cap.filter(|cap| rows > *cap) {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "too-many-rows",
+                    format!(
+                        "the result has more than {cap} rows, the JSON limit; ask for format=csv or arrow (streamed), or add a LIMIT"
+                    ),
+                ));
+            }
+            if bytes > byte_cap {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "query-memory-limit",
+                    format!(
+                        "the result is larger than one query may hold ({byte_cap} bytes); ask for format=csv or arrow (streamed), aggregate, or add a LIMIT"
+                    ),
+                ));
+            }
+        }
+        Ok(Ran::Whole(schema, out))
+    });
+    match tokio::time::timeout(t, &mut task).await {
+        Ok(joined) => joined.map_err(|e| Problem::internal("the query task", &e))?,
         Err(_) => {
             task.abort();
-            return Err(timeout_problem(t));
+            Err(timeout_problem(t))
         }
-    };
-    Ok((schema, batches))
+    }
+}
+
+/// The body of `POST /v1/sql`, read up to `limit` bytes: past it, a 413 problem.
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Problem> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("the request body exceeds the limit of {limit} bytes for POST /v1/sql"),
+            )
+        } else {
+            Problem::bad_request("body-read", format!("could not read the body: {e}"))
+        }
+    })
 }
 
 /// `POST /v1/sql`: analysts and admins; read-only, single statement, bound parameters.
@@ -232,7 +487,7 @@ pub async fn sql(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
     let started = Instant::now();
     let p = state.tokens.authenticate(&headers)?;
@@ -242,6 +497,8 @@ pub async fn sql(
             "run SQL (dashboards use GET /v1/reports/{name}; sources only push)",
         ));
     }
+    // The SQL text plus parameters: room for the longest SQL accepted, and at least 1 MiB.
+    let body = read_body(body, (state.query.max_sql_bytes * 2).max(1 << 20)).await?;
     let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(
             "malformed-body",
@@ -252,6 +509,17 @@ pub async fn sql(
         q.get("format").map(String::as_str),
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     )?;
+    if req.sql.len() > state.query.max_sql_bytes {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "sql-too-long",
+            format!(
+                "the SQL text is {} bytes, more than the limit of {} bytes; write a shorter query (bind values with params instead of splicing them in)",
+                req.sql.len(),
+                state.query.max_sql_bytes
+            ),
+        ));
+    }
     let known_at = known_at_of(req.known_at.as_ref())?;
     let outcome = async {
         let snap = state
@@ -259,32 +527,25 @@ pub async fn sql(
             .snapshot_as(known_at, &access_of(&p))
             .await
             .map_err(query_problem)?;
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let mut df = snap
-            .ctx
-            .sql_with_options(&req.sql, options)
-            .await
-            .map_err(datafusion_problem)?;
-        if !req.params.is_empty() {
-            let values: Vec<(String, ScalarValue)> = req
-                .params
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), json_to_scalar(k, v)?)))
-                .collect::<Result<_, Problem>>()?;
-            df = df.with_param_values(values).map_err(datafusion_problem)?;
+        let values: Vec<(String, ScalarValue)> = req
+            .params
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), json_to_scalar(k, v)?)))
+            .collect::<Result<_, Problem>>()?;
+        // Large results stream (CSV, Arrow): batch by batch, never held whole.
+        let want = match format {
+            Format::Csv | Format::Arrow => Want::Stream,
+            Format::Json => Want::Whole(Some(state.query.json_row_cap)),
+            Format::Parquet => Want::Whole(None),
+        };
+        match run_sql(&state, snap, req.sql.clone(), values, want).await? {
+            Ran::Stream(stream) => Ok::<_, Problem>(Answer::Stream(stream)),
+            Ran::Whole(schema, batches) => {
+                let batch = concat(&schema, &batches)?;
+                let bytes = encode(format, &batch, None, state.query.json_row_cap)?;
+                Ok::<_, Problem>(Answer::Whole(batch.num_rows(), bytes))
+            }
         }
-        if matches!(format, Format::Csv | Format::Arrow) {
-            // Large results stream: batch by batch, never held whole.
-            let stream = df.execute_stream().await.map_err(datafusion_problem)?;
-            return Ok::<_, Problem>(Answer::Stream(stream));
-        }
-        let (schema, batches) = run_collect(&state, df).await?;
-        let batch = concat(&schema, &batches)?;
-        let bytes = encode(format, &batch, None, state.query.json_row_cap)?;
-        Ok::<_, Problem>(Answer::Whole(batch.num_rows(), bytes))
     }
     .await;
     let params_text = Some(json!(req.params).to_string());
@@ -345,31 +606,46 @@ fn stream_response(
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let deadline = tokio::time::Instant::now() + state.query.timeout;
-    tokio::spawn(async move {
+    // Polled on the query runtime: the stream's operators run there, with its stacks.
+    query_runtime().spawn(async move {
         let mut rows = 0usize;
         let result: Result<(), Problem> = async {
             let mut encoder = crate::output::StreamEncoder::new(format, &stream.schema())?;
+            let late = || timeout_problem(state.query.timeout);
+            // The deadline is checked before every batch, not only while waiting for one: a
+            // stream whose batches are always ready would never hit a timeout on `next`.
+            // Sending is bounded by it too, so a client that stops reading cannot hold the
+            // query open.
             loop {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(late());
+                }
                 let next = tokio::time::timeout_at(deadline, stream.next())
                     .await
-                    .map_err(|_| timeout_problem(state.query.timeout))?;
-                match next {
-                    None => break,
+                    .map_err(|_| late())?;
+                let last = next.is_none();
+                let bytes = match next {
+                    None => encoder.finish()?,
                     Some(batch) => {
                         let batch = batch.map_err(datafusion_problem)?;
                         rows += batch.num_rows();
-                        if tx.send(Ok(encoder.batch(&batch)?)).await.is_err() {
-                            return Ok(()); // the client went away
-                        }
+                        encoder.batch(&batch)?
                     }
+                };
+                match tokio::time::timeout_at(deadline, tx.send(Ok(bytes))).await {
+                    Err(_) => return Err(late()),
+                    Ok(Err(_)) => return Ok(()), // the client went away
+                    Ok(Ok(())) if last => return Ok(()),
+                    Ok(Ok(())) => {}
                 }
             }
-            let _ = tx.send(Ok(encoder.finish()?)).await;
-            Ok(())
         }
         .await;
         if let Err(e) = &result {
-            let _ = tx.send(Err(std::io::Error::other(e.detail.clone()))).await;
+            // Cut the body with an error (not a clean end a client could take for the whole
+            // result); waits for the client to read what is queued, within bounds.
+            let error = Err(std::io::Error::other(e.detail.clone()));
+            let _ = tokio::time::timeout(state.query.timeout, tx.send(error)).await;
         }
         let outcome = result.map(|()| (rows, ()));
         state.audit(AuditEntry::new(&p, "sql", &sql, params, &outcome, started));

@@ -7,6 +7,7 @@ mod idempotency;
 mod ingest;
 mod query;
 mod serve;
+mod sql_abuse;
 
 use std::collections::HashMap;
 use std::sync::Arc;
