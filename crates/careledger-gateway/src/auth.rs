@@ -125,8 +125,20 @@ impl TokenRegistry {
         std::fs::rename(&tmp, path)
     }
 
-    /// Creates a token; returns its plain text (shown once, never stored).
+    /// Creates a token that does not expire; returns its plain text (shown once, never
+    /// stored).
     pub fn create(&self, name: &str, role: &Role, scope: Option<&str>) -> std::io::Result<String> {
+        self.create_with_expiry(name, role, scope, None)
+    }
+
+    /// Creates a token refused from `expires_at` on (`None`: never); returns its plain text.
+    pub fn create_with_expiry(
+        &self,
+        name: &str,
+        role: &Role,
+        scope: Option<&str>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> std::io::Result<String> {
         let mut bytes = [0u8; 24];
         rand::rng().fill_bytes(&mut bytes);
         let token = format!("cl_{}", hex::encode(bytes));
@@ -142,7 +154,7 @@ impl TokenRegistry {
             scope: scope.map(str::to_string),
             sha256: hash(&token),
             created_at: Utc::now(),
-            expires_at: None,
+            expires_at,
             revoked: false,
         });
         self.save(&entries)?;
@@ -169,12 +181,20 @@ impl TokenRegistry {
         let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
             unauthorized("missing Authorization header; send Authorization: Bearer <token>")
         })?;
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| {
+                let (scheme, rest) = v.trim_start().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+            })
             .ok_or_else(|| unauthorized("Authorization must be Bearer <token>"))?;
+        if token.is_empty() {
+            return Err(unauthorized(
+                "Authorization: Bearer carries no token; send Authorization: Bearer <token>",
+            ));
+        }
         let digest = hash(token);
         let entries = self.entries.read().expect("lock");
         let entry = entries
@@ -184,8 +204,11 @@ impl TokenRegistry {
         if entry.revoked {
             return Err(unauthorized("this token has been revoked"));
         }
-        if entry.expires_at.is_some_and(|t| t < Utc::now()) {
-            return Err(unauthorized("this token has expired"));
+        if let Some(t) = entry.expires_at.filter(|t| *t <= Utc::now()) {
+            return Err(unauthorized(&format!(
+                "this token expired at {}; ask an administrator for a new one",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )));
         }
         let role =
             Role::parse(&entry.role).ok_or_else(|| unauthorized("token has an unknown role"))?;

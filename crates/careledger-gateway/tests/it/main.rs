@@ -1,6 +1,7 @@
 //! Gateway integration tests: real HTTP requests through the router, a real Delta store in a
 //! temporary directory, real commits read back from the Parquet files.
 
+mod auth;
 mod formats;
 mod hostile;
 mod idempotency;
