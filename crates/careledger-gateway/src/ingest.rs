@@ -31,7 +31,13 @@ pub struct IngestParams {
     pub atomic: Option<bool>,
     /// true: validate and answer, store nothing.
     pub dry_run: Option<bool>,
+    /// `all`: the reply lists every row error (up to [`MAX_LISTED_ERRORS`]), not the first
+    /// [`MAX_RECEIPT_ERRORS`]. The receipt kept in the store keeps the first ones only.
+    pub errors: Option<String>,
 }
+
+/// The most row errors one reply lists with `errors=all`.
+pub const MAX_LISTED_ERRORS: usize = 100_000;
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Problem> {
     headers
@@ -156,7 +162,25 @@ pub async fn ingest(
         received_at,
         committed_at: None,
     };
-    let prepared = prepare(&state, table, source, format, &bytes, &mut receipt);
+    let error_cap = match params.errors.as_deref() {
+        None | Some("first") => MAX_RECEIPT_ERRORS,
+        Some("all") => MAX_LISTED_ERRORS,
+        Some(other) => {
+            return Err(Problem::bad_request(
+                "bad-parameter",
+                format!("errors={other}: use errors=all or errors=first"),
+            ));
+        }
+    };
+    let prepared = prepare(
+        &state,
+        table,
+        source,
+        format,
+        &bytes,
+        &mut receipt,
+        error_cap,
+    );
     let (stored, rejects) = match prepared {
         Ok(x) => x,
         Err(p) => {
@@ -181,6 +205,9 @@ pub async fn ingest(
         )
         .with("receipt", serde_json::to_value(&receipt).expect("receipt serializes")));
     }
+    // The stored receipt lists the first errors; the reply may list them all.
+    let all_errors = (receipt.errors.len() > MAX_RECEIPT_ERRORS).then(|| receipt.errors.clone());
+    receipt.errors.truncate(MAX_RECEIPT_ERRORS);
     let (reply, answer) = oneshot::channel();
     let job = Job {
         receipt: receipt.clone(),
@@ -193,8 +220,11 @@ pub async fn ingest(
         return Err(p);
     }
     match answer.await {
-        Ok(Ok(r)) => {
+        Ok(Ok(mut r)) => {
             state.metrics.ingest(r.rows_accepted, r.rows_rejected);
+            if let Some(all) = all_errors {
+                r.errors = all;
+            }
             Ok((StatusCode::OK, Json(r)).into_response())
         }
         Ok(Err(p)) => Err(p),
@@ -218,6 +248,7 @@ fn prepare(
     format: BodyFormat,
     bytes: &[u8],
     receipt: &mut Receipt,
+    error_cap: usize,
 ) -> Result<Prepared, Problem> {
     let spec = table.spec();
     let wire = decode(
@@ -266,7 +297,7 @@ fn prepare(
                     .map_err(|e| Problem::internal("building rejects", &e))?,
             );
         }
-        let room = MAX_RECEIPT_ERRORS.saturating_sub(errors.len());
+        let room = error_cap.saturating_sub(errors.len());
         errors.extend(v.errors.into_iter().take(room));
         // An atomic batch with an invalid row stores nothing: stop holding its valid rows.
         if receipt.atomic && receipt.rows_rejected > 0 {

@@ -63,6 +63,7 @@ pub fn document() -> Value {
             "/v1/ingest/{table}" => {
                 parameters.push(json!({"name": "atomic", "in": "query", "schema": {"type": "boolean", "default": true}}));
                 parameters.push(json!({"name": "dry_run", "in": "query", "schema": {"type": "boolean", "default": false}}));
+                parameters.push(json!({"name": "errors", "in": "query", "description": "all: list every row error in the reply (default: the first 100)", "schema": {"type": "string", "enum": ["first", "all"], "default": "first"}}));
                 parameters.push(json!({"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}));
                 parameters.push(json!({"name": "Batch-Seq", "in": "header", "schema": {"type": "integer", "minimum": 0}}));
                 op["requestBody"] = json!({"required": true, "content": {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use careledger_gateway::{AppState, CommitConfig, GatewayConfig, Role, TokenRegistry, router};
+use careledger_gateway::{
+    AppState, CommitConfig, GatewayConfig, Role, ServeLimits, TokenRegistry, router,
+};
 use careledger_model::PseudonymKey;
 use careledger_store::Store;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -100,6 +102,15 @@ struct ServeArgs {
     /// Largest accepted request body, in MiB.
     #[arg(long, env = "CARELEDGER_MAX_BODY_MIB", default_value_t = 64)]
     max_body_mib: usize,
+    /// Seconds a request may take, body included (a slower one gets 408).
+    #[arg(long, env = "CARELEDGER_REQUEST_TIMEOUT_S", default_value_t = 60)]
+    request_timeout_s: u64,
+    /// Seconds a connection has to send a request's head before it is closed.
+    #[arg(long, env = "CARELEDGER_HEADER_TIMEOUT_S", default_value_t = 10)]
+    header_timeout_s: u64,
+    /// Connections served at once (more wait to be accepted).
+    #[arg(long, env = "CARELEDGER_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +144,10 @@ enum TokenAction {
         /// Region code prefix the token is limited to.
         #[arg(long)]
         scope: Option<String>,
+        /// The token is refused from this instant on (RFC 3339, or a date meaning its start
+        /// in UTC), or after this many days (e.g. 90d).
+        #[arg(long)]
+        expires: Option<String>,
     },
     /// List tokens (names, roles, scopes; never the tokens).
     List,
@@ -216,6 +231,9 @@ struct ServeFile {
     listen: Option<String>,
     commit_window_ms: Option<u64>,
     max_body_mib: Option<usize>,
+    request_timeout_s: Option<u64>,
+    header_timeout_s: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from `--config`.
@@ -248,7 +266,36 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     if let Some(v) = file.max_body_mib.filter(|_| unset("max_body_mib")) {
         args.max_body_mib = v;
     }
+    if let Some(v) = file
+        .request_timeout_s
+        .filter(|_| unset("request_timeout_s"))
+    {
+        args.request_timeout_s = v;
+    }
+    if let Some(v) = file.header_timeout_s.filter(|_| unset("header_timeout_s")) {
+        args.header_timeout_s = v;
+    }
+    if let Some(v) = file.max_connections.filter(|_| unset("max_connections")) {
+        args.max_connections = v;
+    }
     Ok(())
+}
+
+/// `--expires`: an RFC 3339 instant, a date (its start, UTC), or `N d` days from now.
+fn parse_expiry(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    if let Some(days) = text
+        .strip_suffix('d')
+        .and_then(|d| d.trim().parse::<u32>().ok())
+    {
+        return Ok(chrono::Utc::now() + chrono::Duration::days(i64::from(days)));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    }
+    bail!("--expires {text:?}: give an RFC 3339 instant, a date (2027-01-01) or days (90d)")
 }
 
 fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
@@ -343,6 +390,7 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
     );
     let config = GatewayConfig {
         max_body_bytes: args.max_body_mib * 1024 * 1024,
+        request_timeout: Duration::from_secs(args.request_timeout_s.max(1)),
         commit: CommitConfig {
             window: Duration::from_millis(args.commit_window_ms),
             ..CommitConfig::default()
@@ -356,16 +404,16 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
     let addr = listener.local_addr()?;
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let app = router(state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = stop => {}
-                }
-            })
-            .await
-    });
+    let limits = ServeLimits {
+        header_read_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
+        max_connections: args.max_connections.max(1),
+    };
+    let server = tokio::spawn(careledger_gateway::serve(listener, app, limits, async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = stop => {}
+        }
+    }));
     Ok(Running {
         state,
         addr,
@@ -414,15 +462,32 @@ fn token(action: TokenAction, state_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(state_dir)?;
     let tokens = TokenRegistry::load(&state_dir.join("tokens.json"))?;
     match action {
-        TokenAction::Create { name, role, scope } => {
+        TokenAction::Create {
+            name,
+            role,
+            scope,
+            expires,
+        } => {
             let Some(role) = Role::parse(&role) else {
                 bail!("unknown role {role:?}: use source:<id>, analyst, dashboard or admin");
             };
-            println!("{}", tokens.create(&name, &role, scope.as_deref())?);
+            let expires_at = expires.as_deref().map(parse_expiry).transpose()?;
+            println!(
+                "{}",
+                tokens.create_with_expiry(&name, &role, scope.as_deref(), expires_at)?
+            );
         }
         TokenAction::List => {
             for t in tokens.list() {
-                let state = if t.revoked { "revoked" } else { "active" };
+                let state = if t.revoked {
+                    "revoked".to_string()
+                } else {
+                    match t.expires_at {
+                        Some(e) if e <= chrono::Utc::now() => format!("expired {e}"),
+                        Some(e) => format!("active until {e}"),
+                        None => "active".to_string(),
+                    }
+                };
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
                     t.name,

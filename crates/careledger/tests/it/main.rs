@@ -111,6 +111,43 @@ fn token_create_list_revoke() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&list.stdout).contains("county-a\tanalyst\t450123\trevoked"));
+    let out = careledger()
+        .args([
+            "token",
+            "--state-dir",
+            state,
+            "create",
+            "temp",
+            "--role",
+            "dashboard",
+        ])
+        .args(["--expires", "2020-01-01"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list = careledger()
+        .args(["token", "--state-dir", state, "list"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("temp\tdashboard\t\texpired 2020-01-01"),
+        "{}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+    let out = careledger()
+        .args([
+            "token",
+            "--state-dir",
+            state,
+            "create",
+            "t2",
+            "--role",
+            "analyst",
+        ])
+        .args(["--expires", "soon"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--expires"));
     let bad = careledger()
         .args([
             "token",
