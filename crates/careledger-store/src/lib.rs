@@ -1,8 +1,8 @@
 //! Delta tables on object storage: the only crate that knows table locations and commits.
 //!
-//! A store is a root URL (`file:///…` directory, `memory://`, or `s3://…` when built with the
-//! `s3` feature) holding one Delta table per pushed table plus the gateway's own `batches`
-//! (receipts) and `rejects` tables. Each append is one Delta commit: its rows, the Delta
+//! A store is a root URL (`file:///…` directory, `memory://`, or `s3://bucket/prefix`) holding
+//! one Delta table per pushed table plus the gateway's own `batches` (receipts) and `rejects`
+//! tables. Each append is one Delta commit: its rows, the Delta
 //! application transactions (`txn`) that make replays detectable, and commit metadata.
 
 use std::collections::HashMap;
@@ -156,10 +156,19 @@ impl Store {
     /// Opens the store at `location`, creating missing tables and adding columns that this
     /// build's schemas have and the stored tables lack (additive evolution only).
     pub async fn open(location: &str) -> Result<Store> {
+        Store::open_with_options(location, HashMap::new()).await
+    }
+
+    /// Like [`Store::open`], with object-store settings (for `s3://`: `AWS_ENDPOINT_URL`,
+    /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …) that win over the `AWS_*` environment variables.
+    pub async fn open_with_options(
+        location: &str,
+        options: HashMap<String, String>,
+    ) -> Result<Store> {
         let root = parse_store_url(location)?;
         let mut tables = HashMap::new();
         for (name, schema) in all_tables() {
-            let table = open_or_create(&root, name, &schema).await?;
+            let table = open_or_create(&root, name, &schema, &options).await?;
             tables.insert(name, Mutex::new(table));
         }
         let writer = WriterProperties::builder()
@@ -403,7 +412,29 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-async fn open_or_create(root: &Url, name: &str, schema: &SchemaRef) -> Result<DeltaTable> {
+/// Object-store settings for `url`: for `s3://`, every `AWS_*` environment variable
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_ALLOW_HTTP`, …). Commits rely on S3 conditional writes (If-None-Match), so several
+/// gateways may write one bucket without a lock table.
+fn storage_options(url: &Url, given: &HashMap<String, String>) -> HashMap<String, String> {
+    if !matches!(url.scheme(), "s3" | "s3a") {
+        return given.clone();
+    }
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| deltalake::aws::register_handlers(None));
+    let mut options: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .collect();
+    options.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+    options
+}
+
+async fn open_or_create(
+    root: &Url,
+    name: &str,
+    schema: &SchemaRef,
+    options: &HashMap<String, String>,
+) -> Result<DeltaTable> {
     let url = table_url(root, name)?;
     if url.scheme() == "file" {
         let path = url
@@ -412,7 +443,9 @@ async fn open_or_create(root: &Url, name: &str, schema: &SchemaRef) -> Result<De
         std::fs::create_dir_all(&path)
             .map_err(|e| StoreError::Url(url.to_string(), e.to_string()))?;
     }
-    let mut table = DeltaTableBuilder::from_url(url.clone())?.build()?;
+    let mut table = DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_options(storage_options(&url, options))
+        .build()?;
     match table.load().await {
         Ok(()) => {}
         Err(deltalake::DeltaTableError::NotATable(_)) => {}

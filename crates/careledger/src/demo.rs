@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use careledger_gateway::Role;
-use careledger_sim::{SimBatch, SimConfig, ndjson, simulate};
+use careledger_sim::{SimBatch, ndjson, simulate};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -76,19 +76,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         .tokens
         .create(&format!("demo-{stamp}-admin"), &Role::Admin, None)?;
 
-    let counties: Vec<String> = args
-        .counties
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .map(str::to_string)
-        .collect();
-    let config = SimConfig {
-        seed: args.seed,
-        women: args.women,
-        county_prefixes: counties,
-        ..SimConfig::default()
-    };
+    let config = args.sim.config();
     let end = config.end;
     let t = Instant::now();
     println!(

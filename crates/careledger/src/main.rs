@@ -117,15 +117,8 @@ struct ServeArgs {
 struct DemoArgs {
     #[command(flatten)]
     serve: ServeArgs,
-    /// Women simulated (the departments' records follow from them).
-    #[arg(long, default_value_t = 2000)]
-    women: usize,
-    /// Seed of the simulation (the same seed gives the same history).
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
-    /// County code prefixes to simulate (comma-separated; empty = all of Guangxi).
-    #[arg(long, default_value = "")]
-    counties: String,
+    #[command(flatten)]
+    sim: simulate::SimArgs,
     /// Requests in flight at once (the gateway commits what arrives together as one group).
     #[arg(long, default_value_t = 64)]
     in_flight: usize,

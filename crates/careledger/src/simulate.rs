@@ -9,35 +9,48 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use careledger_sim::{SimConfig, simulate};
 
+/// What to simulate (shared by `demo` and `simulate`).
 #[derive(Debug, clap::Args)]
-pub(crate) struct SimulateArgs {
-    /// Women simulated.
+pub(crate) struct SimArgs {
+    /// Women simulated (the departments' records follow from them).
     #[arg(long, default_value_t = 2000)]
     women: usize,
-    /// Seed (the same seed gives the same rows).
+    /// Seed of the simulation (the same seed gives the same history).
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// County code prefixes (comma-separated; empty = all of Guangxi).
+    /// County code prefixes to simulate (comma-separated; empty = all of Guangxi).
     #[arg(long, default_value = "")]
     counties: String,
+}
+
+impl SimArgs {
+    pub(crate) fn config(&self) -> SimConfig {
+        SimConfig {
+            seed: self.seed,
+            women: self.women,
+            county_prefixes: self
+                .counties
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+            ..SimConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SimulateArgs {
+    #[command(flatten)]
+    sim: SimArgs,
     /// Directory for <source>/<table>.ndjson files (created).
     #[arg(long)]
     out: PathBuf,
 }
 
 pub(crate) fn run(args: SimulateArgs) -> Result<()> {
-    let config = SimConfig {
-        seed: args.seed,
-        women: args.women,
-        county_prefixes: args
-            .counties
-            .split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(str::to_string)
-            .collect(),
-        ..SimConfig::default()
-    };
+    let config = args.sim.config();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut files: BTreeMap<String, std::io::BufWriter<std::fs::File>> = BTreeMap::new();

@@ -7,6 +7,7 @@ mod hostile;
 mod idempotency;
 mod ingest;
 mod query;
+mod s3;
 mod serve;
 mod sql_abuse;
 
