@@ -373,3 +373,67 @@ fn the_shell_runs_statements_and_commands_and_keeps_history() {
     assert!(kept.contains("SELECT '台账' AS word, 2 AS n;"), "{kept}");
     server.stop();
 }
+
+/// `simulate` writes the departments' rows per source and table; `push` sends one of them with
+/// that source's token, and the valid rows land.
+#[test]
+fn simulated_files_push_with_their_sources_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    let out = ok(careledger()
+        .args([
+            "simulate",
+            "--women",
+            "60",
+            "--counties",
+            "450123",
+            "--seed",
+            "3",
+        ])
+        .arg("--out")
+        .arg(&sim)
+        .output()
+        .unwrap());
+    assert!(out.contains("women.ndjson: "), "{out}");
+    // Every file lies under a known source and is named after a table.
+    let mut women_file = None;
+    for source in std::fs::read_dir(&sim).unwrap() {
+        let source = source.unwrap();
+        let name = source.file_name().to_string_lossy().to_string();
+        assert!(
+            careledger_model::vocabulary()
+                .list("sources")
+                .codes
+                .iter()
+                .any(|c| c.code == name),
+            "{name}"
+        );
+        for f in std::fs::read_dir(source.path()).unwrap() {
+            let f = f.unwrap().path();
+            if f.file_name().unwrap() == "women.ndjson" {
+                women_file = Some((name.clone(), f));
+            }
+        }
+    }
+    let (source, path) = women_file.expect("some source reports women");
+    let rows = std::fs::read_to_string(&path).unwrap().lines().count();
+    let mut server = Server::start(dir.path());
+    let stdout = ok(careledger()
+        .args(["push", "--table", "women", "--server", &server.url])
+        .args(["--token", &server.token(&source)])
+        .args(["--rejects", dir.path().join("r.csv").to_str().unwrap()])
+        .arg(&path)
+        .output()
+        .unwrap());
+    let accepted: usize = stdout
+        .split(" rows accepted")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(accepted > 0 && accepted <= rows, "{stdout}");
+    server.stop();
+}
