@@ -306,10 +306,21 @@ async fn drop_remote_duplicates(
     if apps.is_empty() {
         return Ok(jobs);
     }
-    let versions = store
-        .txn_versions(table.as_str(), &apps)
-        .await
-        .map_err(|e| Problem::internal("reading the table's transactions", &e))?;
+    let versions = match store.txn_versions(table.as_str(), &apps).await {
+        Ok(v) => v,
+        Err(e) => {
+            // Nothing is stored: free every job's key and sequence for a retry.
+            let msg = e.to_string();
+            for j in jobs {
+                dedup.release(&j.receipt, false);
+                let _ = j.reply.send(Err(Problem::internal(
+                    "reading the table's transactions",
+                    &msg,
+                )));
+            }
+            return Err(Problem::internal("reading the table's transactions", &msg));
+        }
+    };
     let known: HashMap<String, i64> = apps
         .into_iter()
         .zip(versions)
@@ -361,7 +372,7 @@ async fn commit_group(
     for attempt in 1..=COMMIT_ATTEMPTS {
         jobs = match drop_remote_duplicates(table, jobs, store, dedup).await {
             Ok(j) => j,
-            Err(_) => return, // replies were dropped: senders see a 503 from the closed channel
+            Err(_) => return, // every job was released and answered
         };
         if jobs.is_empty() {
             return;
@@ -371,10 +382,10 @@ async fn commit_group(
                 finish_group(jobs, receipts, version, store, dedup).await;
                 return;
             }
-            Err(msg) if attempt < COMMIT_ATTEMPTS => {
+            Err((msg, true)) if attempt < COMMIT_ATTEMPTS => {
                 tracing::warn!(%msg, attempt, table = table.as_str(), "commit failed; checking the group again and retrying");
             }
-            Err(msg) => {
+            Err((msg, _)) => {
                 for j in jobs {
                     dedup.release(&j.receipt, false);
                     let _ = j
@@ -390,14 +401,15 @@ async fn commit_group(
 /// Attempts at committing one group before its senders get a 503.
 const COMMIT_ATTEMPTS: usize = 3;
 
-/// The rejected rows (once), then the data commit with the receipts and transactions.
+/// The rejected rows (once), then the data commit with the receipts and transactions. An error
+/// says whether it was a commit conflict (worth checking the group again and retrying).
 async fn try_commit_group(
     table: Table,
     jobs: &[Job],
     store: &Store,
     rejects_stored: &mut bool,
     metrics: &crate::metrics::Metrics,
-) -> Result<(u64, Vec<Receipt>), String> {
+) -> Result<(u64, Vec<Receipt>), (String, bool)> {
     // Rejected rows first: if their commit fails, nothing of the group is stored.
     let rejects: Vec<RecordBatch> = jobs.iter().filter_map(|j| j.rejects.clone()).collect();
     if !*rejects_stored && !rejects.is_empty() {
@@ -410,7 +422,7 @@ async fn try_commit_group(
                 },
             )
             .await
-            .map_err(|e| format!("storing rejected rows: {e}"))?;
+            .map_err(|e| (format!("storing rejected rows: {e}"), false))?;
     }
     *rejects_stored = true;
     let group = jobs.len();
@@ -447,10 +459,12 @@ async fn try_commit_group(
         )],
     };
     let commit_started = std::time::Instant::now();
+    // Only a lost race is retried: another error may come after the commit was written
+    // (delta-rs's post-commit work), and a batch without a key would then be stored twice.
     let version = store
         .append(table.as_str(), append)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (e.to_string(), e.is_commit_conflict()))?;
     metrics.commit(commit_started.elapsed());
     Ok((version, receipts))
 }

@@ -131,6 +131,16 @@ pub async fn ingest(
             }
         })?;
 
+    let error_cap = match params.errors.as_deref() {
+        None | Some("first") => MAX_RECEIPT_ERRORS,
+        Some("all") => MAX_LISTED_ERRORS,
+        Some(other) => {
+            return Err(Problem::bad_request(
+                "bad-parameter",
+                format!("errors={other}: use errors=all or errors=first"),
+            ));
+        }
+    };
     // Duplicates are answered before any work on the body.
     let admission = if dry_run {
         Admission::Fresh { seq_gap: None }
@@ -161,16 +171,6 @@ pub async fn ingest(
         commit_group: None,
         received_at,
         committed_at: None,
-    };
-    let error_cap = match params.errors.as_deref() {
-        None | Some("first") => MAX_RECEIPT_ERRORS,
-        Some("all") => MAX_LISTED_ERRORS,
-        Some(other) => {
-            return Err(Problem::bad_request(
-                "bad-parameter",
-                format!("errors={other}: use errors=all or errors=first"),
-            ));
-        }
     };
     let prepared = prepare(
         &state,

@@ -37,6 +37,22 @@ pub enum StoreError {
     Arrow(#[from] arrow_schema::ArrowError),
 }
 
+impl StoreError {
+    /// A Delta commit lost to a concurrent one (nothing of it was written).
+    pub fn is_commit_conflict(&self) -> bool {
+        use deltalake::DeltaTableError as E;
+        use deltalake::kernel::transaction::TransactionError as T;
+        matches!(
+            self,
+            StoreError::Delta(
+                E::Transaction {
+                    source: T::CommitConflict(_) | T::MaxCommitAttempts(_)
+                } | E::VersionAlreadyExists(_)
+            )
+        )
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The gateway's own tables besides the pushed ones.
@@ -130,6 +146,14 @@ pub struct Store {
     writer: WriterProperties,
 }
 
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
+        .build()
+}
+
 fn table_url(root: &Url, name: &str) -> Result<Url> {
     let mut base = root.clone();
     if !base.path().ends_with('/') {
@@ -159,6 +183,35 @@ impl Store {
         Store::open_with_options(location, HashMap::new()).await
     }
 
+    /// Opens an existing store without writing to it: no table is created and no column added
+    /// (for readers such as `careledger sql --store`, which may be newer than the server).
+    pub async fn open_existing(location: &str) -> Result<Store> {
+        let root = parse_store_url(location)?;
+        let mut tables = HashMap::new();
+        for (name, _) in all_tables() {
+            let url = table_url(&root, name)?;
+            let mut table = DeltaTableBuilder::from_url(url.clone())?
+                .with_storage_options(storage_options(&url, &HashMap::new()))
+                .build()?;
+            match table.load().await {
+                Ok(()) => {}
+                Err(deltalake::DeltaTableError::NotATable(_)) => {
+                    return Err(StoreError::Url(
+                        location.into(),
+                        format!("no table {name}: not a careledger store"),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tables.insert(name, Mutex::new(table));
+        }
+        Ok(Store {
+            root,
+            tables,
+            writer: writer_properties(),
+        })
+    }
+
     /// Like [`Store::open`], with object-store settings (for `s3://`: `AWS_ENDPOINT_URL`,
     /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …) that win over the `AWS_*` environment variables.
     pub async fn open_with_options(
@@ -171,15 +224,10 @@ impl Store {
             let table = open_or_create(&root, name, &schema, &options).await?;
             tables.insert(name, Mutex::new(table));
         }
-        let writer = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(1).expect("valid level"),
-            ))
-            .build();
         Ok(Store {
             root,
             tables,
-            writer,
+            writer: writer_properties(),
         })
     }
 

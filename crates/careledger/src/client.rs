@@ -111,7 +111,7 @@ impl Backend {
                     "no careledger store at {location} (a store has women/_delta_log; `careledger serve --store {location}` creates one)"
                 );
             }
-            let store = Store::open(location)
+            let store = Store::open_existing(location)
                 .await
                 .with_context(|| format!("opening store {location}"))?;
             return Ok(Backend::Local {

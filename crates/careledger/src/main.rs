@@ -280,7 +280,9 @@ fn parse_expiry(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
         .strip_suffix('d')
         .and_then(|d| d.trim().parse::<u32>().ok())
     {
-        return Ok(chrono::Utc::now() + chrono::Duration::days(i64::from(days)));
+        return chrono::Utc::now()
+            .checked_add_signed(chrono::Duration::days(i64::from(days)))
+            .with_context(|| format!("--expires {text}: too far in the future"));
     }
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&chrono::Utc));

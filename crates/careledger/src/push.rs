@@ -44,6 +44,10 @@ pub(crate) struct PushArgs {
     /// list the invalid ones).
     #[arg(long)]
     atomic: bool,
+    /// Text encoding of CSV files: auto (UTF-8, else GB18030 if it decodes cleanly), utf-8 or
+    /// gb18030. JSON and NDJSON are always UTF-8.
+    #[arg(long, default_value = "auto")]
+    encoding: String,
     /// Where rejected rows are listed (CSV, UTF-8 with BOM so spreadsheets open it).
     #[arg(long, default_value = "careledger-rejects.csv")]
     rejects: PathBuf,
@@ -88,7 +92,36 @@ struct Rejected {
     message: String,
 }
 
-fn kind_of(path: &Path, bytes: &[u8]) -> Result<Kind> {
+/// Whether a CSV file is GB18030: as `--encoding` says, or, with `auto`, when it is not UTF-8
+/// but decodes as GB18030 without a bad byte (otherwise the file is refused, not guessed).
+fn csv_is_gb18030(path: &Path, bytes: &[u8], encoding: &str) -> Result<bool> {
+    let utf8 = std::str::from_utf8(bytes);
+    let gb = || {
+        encoding_rs::GB18030
+            .decode_without_bom_handling_and_without_replacement(bytes)
+            .is_some()
+    };
+    match encoding {
+        "utf-8" => match utf8 {
+            Ok(_) => Ok(false),
+            Err(e) => bail!("{}: not UTF-8 at byte {}", path.display(), e.valid_up_to()),
+        },
+        "gb18030" if gb() => Ok(true),
+        "gb18030" => bail!("{}: not GB18030", path.display()),
+        "auto" => match utf8 {
+            Ok(_) => Ok(false),
+            Err(_) if gb() => Ok(true),
+            Err(e) => bail!(
+                "{}: neither UTF-8 (bad byte at {}) nor GB18030; give --encoding",
+                path.display(),
+                e.valid_up_to()
+            ),
+        },
+        other => bail!("--encoding {other}: use auto, utf-8 or gb18030"),
+    }
+}
+
+fn kind_of(path: &Path, bytes: &[u8], encoding: &str) -> Result<Kind> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -96,7 +129,7 @@ fn kind_of(path: &Path, bytes: &[u8]) -> Result<Kind> {
         .to_ascii_lowercase();
     Ok(match ext.as_str() {
         "csv" => Kind::Csv {
-            gb18030: std::str::from_utf8(bytes).is_err(),
+            gb18030: csv_is_gb18030(path, bytes, encoding)?,
         },
         "ndjson" | "jsonl" => Kind::Ndjson,
         "json" => Kind::JsonArray,
@@ -144,10 +177,12 @@ fn chunk_file(
     path: &Path,
     table: &str,
     batch_rows: usize,
+    encoding: &str,
     rejected: &mut Vec<Rejected>,
 ) -> Result<Vec<Chunk>> {
+    let batch_rows = batch_rows.max(1);
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let kind = kind_of(path, &bytes)?;
+    let kind = kind_of(path, &bytes, encoding)?;
     let digest = Sha256::new()
         .chain_update(table.as_bytes())
         .chain_update([0])
@@ -189,7 +224,13 @@ fn chunk_file(
             }
         }
         Kind::Ndjson => {
-            let text = String::from_utf8_lossy(&bytes);
+            let text = std::str::from_utf8(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: NDJSON must be UTF-8; bad byte at {}",
+                    path.display(),
+                    e.valid_up_to()
+                )
+            })?;
             let mut body = Vec::new();
             let mut places = Vec::new();
             let mut record = 0;
@@ -312,6 +353,13 @@ async fn send(
                         stored: true,
                     };
                 }
+                if status.as_u16() == 409 && body["duplicate"] == true {
+                    // Another gateway process already committed this key: stored once.
+                    return Outcome::Receipt {
+                        receipt: serde_json::json!({"duplicate": true}),
+                        stored: true,
+                    };
+                }
                 if status.as_u16() == 422 && body.get("receipt").is_some() {
                     return Outcome::Receipt {
                         receipt: body["receipt"].clone(),
@@ -322,7 +370,12 @@ async fn send(
                     "{status}: {}",
                     body["detail"].as_str().unwrap_or("(no detail)")
                 );
-                let retryable = status.is_server_error() || matches!(status.as_u16(), 408 | 429);
+                // A key still "in progress" is an earlier attempt whose commit is running.
+                let in_progress = body["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("/idempotency-key-in-progress"));
+                let retryable =
+                    status.is_server_error() || matches!(status.as_u16(), 408 | 429) || in_progress;
                 if !retryable {
                     return Outcome::Failed(last);
                 }
@@ -359,6 +412,7 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
             path,
             &args.table,
             args.batch_rows,
+            &args.encoding,
             &mut rejected,
         )?);
     }
@@ -379,6 +433,7 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
     let mut not_stored = 0u64;
     let mut duplicates = 0usize;
     let mut failed = 0usize;
+    let mut rows_rejected = rejected.len() as u64; // refused here, never sent
     let mut results = futures::stream::iter(chunks.iter().map(|chunk| {
         let client = &client;
         let url = &url;
@@ -397,6 +452,7 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
                 } else {
                     not_stored += receipt["rows_received"].as_u64().unwrap_or(0);
                 }
+                rows_rejected += receipt["rows_rejected"].as_u64().unwrap_or(0);
                 let errors = receipt["errors"].as_array().cloned().unwrap_or_default();
                 for e in &errors {
                     let row = e["row"].as_u64().unwrap_or(0) as usize;
@@ -445,15 +501,11 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
             }
         }
         bar.inc(chunk.places.len() as u64);
-        bar.set_message(format!("{} rejected", rejected.len()));
+        bar.set_message(format!("{rows_rejected} rejected"));
     }
     bar.finish_and_clear();
     drop(results);
 
-    let row_rejects = rejected
-        .iter()
-        .filter(|r| !r.code.starts_with("batch."))
-        .count();
     if !rejected.is_empty() {
         rejected.sort_by_key(|r| (r.file, r.record, r.line));
         let mut text = String::from("\u{feff}file,line,record,field,code,message\n");
@@ -472,7 +524,7 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
             .with_context(|| format!("writing {}", args.rejects.display()))?;
     }
     println!(
-        "pushed {} file(s) to {} in {} batches in {:.1} s: {accepted} rows accepted, {row_rejects} rejected{}, {duplicates} batches already sent before (answered from their receipts){}",
+        "pushed {} file(s) to {} in {} batches in {:.1} s: {accepted} rows accepted, {rows_rejected} rejected{}, {duplicates} batches already sent before (answered from their receipts){}",
         args.files.len(),
         args.table,
         chunks.len(),
@@ -503,7 +555,24 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::csv_records;
+    use super::{csv_is_gb18030, csv_records};
+    use std::path::Path;
+
+    #[test]
+    fn csv_encoding_is_utf8_or_clean_gb18030_never_a_guess() {
+        let p = Path::new("f.csv");
+        assert!(!csv_is_gb18030(p, "名字\n台账".as_bytes(), "auto").unwrap());
+        let (gb, _, bad) = encoding_rs::GB18030.encode("名字,台账\n");
+        assert!(!bad);
+        assert!(csv_is_gb18030(p, &gb, "auto").unwrap());
+        // A lone 0x81 is neither UTF-8 nor GB18030: refused, naming the byte.
+        let err = csv_is_gb18030(p, b"ab,\x81", "auto")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad byte at 3"), "{err}");
+        assert!(csv_is_gb18030(p, &gb, "utf-8").is_err());
+        assert!(csv_is_gb18030(p, b"x", "latin1").is_err());
+    }
 
     #[test]
     fn csv_records_keep_quoted_newlines_and_count_lines() {

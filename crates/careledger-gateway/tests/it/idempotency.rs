@@ -164,3 +164,33 @@ async fn a_second_gateway_process_on_the_same_store_refuses_a_committed_key() {
     assert_eq!(r["duplicate"], true);
     assert_eq!(h.count("women").await, 1);
 }
+
+/// A request refused for a bad parameter holds nothing: its key is free for the retry.
+#[tokio::test]
+async fn a_refused_parameter_does_not_hold_the_idempotency_key() {
+    let h = Harness::new().await;
+    let rows = ndjson(&[woman(1, "civil_affairs")]);
+    let (s, _, r) = h
+        .post(
+            "/v1/ingest/women?errors=ALL",
+            h.tok("civil_affairs"),
+            "application/x-ndjson",
+            rows.clone(),
+            &[("idempotency-key", "k-param"), ("batch-seq", "1")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("errors=ALL"), "{r}");
+    let (s, _, r) = h
+        .post(
+            "/v1/ingest/women?errors=all",
+            h.tok("civil_affairs"),
+            "application/x-ndjson",
+            rows,
+            &[("idempotency-key", "k-param"), ("batch-seq", "1")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["duplicate"], false, "{r}");
+    assert_eq!(h.count("women").await, 1);
+}

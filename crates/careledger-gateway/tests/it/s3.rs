@@ -125,17 +125,23 @@ async fn an_s3_store_takes_pushes_answers_sql_and_survives_a_restart() {
     let state = gateway(&moto.endpoint, tokens.clone()).await;
     let app = router(state.clone());
     let rows: Vec<Value> = (0..20).map(|n| woman(n, "civil_affairs")).collect();
-    let (s, _, r) = post_to(
-        &app,
-        "/v1/ingest/women",
-        &source,
-        "application/x-ndjson",
-        ndjson(&rows),
-        &[("idempotency-key", "s3-first")],
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{r}");
-    assert_eq!(r["rows_accepted"], 20);
+    let push = |app: axum::Router| {
+        let (source, body) = (source.clone(), ndjson(&rows));
+        async move {
+            let (s, _, r) = post_to(
+                &app,
+                "/v1/ingest/women",
+                &source,
+                "application/x-ndjson",
+                body,
+                &[("idempotency-key", "s3-first")],
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{r}");
+            r
+        }
+    };
+    assert_eq!(push(app.clone()).await["rows_accepted"], 20);
     let count = |app: axum::Router| {
         let analyst = analyst.clone();
         async move {
@@ -159,16 +165,7 @@ async fn an_s3_store_takes_pushes_answers_sql_and_survives_a_restart() {
     let again = gateway(&moto.endpoint, tokens.clone()).await;
     let app = router(again.clone());
     assert_eq!(count(app.clone()).await, 20);
-    let (s, _, r) = post_to(
-        &app,
-        "/v1/ingest/women",
-        &source,
-        "application/x-ndjson",
-        ndjson(&rows),
-        &[("idempotency-key", "s3-first")],
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{r}");
+    let r = push(app.clone()).await;
     assert_eq!(r["duplicate"], true, "{r}");
     assert_eq!(count(app).await, 20);
     // The objects are in the bucket, under the store's prefix.

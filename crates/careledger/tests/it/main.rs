@@ -5,6 +5,16 @@ use std::process::Command;
 mod crash;
 mod push_sql;
 
+/// The `N` of "… N rows accepted …" in a push summary (`demo` and `push` print one).
+pub(crate) fn rows_accepted(summary: &str) -> usize {
+    summary
+        .split(" rows accepted")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'N rows accepted' in {summary}"))
+}
+
 pub(crate) fn careledger() -> Command {
     Command::new(env!("CARGO_BIN_EXE_careledger"))
 }
@@ -40,16 +50,7 @@ fn demo_pushes_a_simulated_history_and_prints_reports() {
         .lines()
         .find(|l| l.starts_with("pushed "))
         .expect("a push summary");
-    let accepted: u64 = pushed
-        .split(" rows accepted")
-        .next()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(accepted > 1000, "{pushed}");
+    assert!(rows_accepted(pushed) > 1000, "{pushed}");
     assert!(stdout.contains("Stock on 2024-12-31"), "{stdout}");
     assert!(
         stdout.contains("南宁市"),

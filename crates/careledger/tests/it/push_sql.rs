@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 use careledger_model::ResidentId;
 use chrono::NaiveDate;
 
-use crate::{Server, careledger};
+use crate::{Server, careledger, rows_accepted};
 
 const VILLAGE: &str = "450123100201";
 
@@ -425,15 +425,7 @@ fn simulated_files_push_with_their_sources_token() {
         .arg(&path)
         .output()
         .unwrap());
-    let accepted: usize = stdout
-        .split(" rows accepted")
-        .next()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let accepted = rows_accepted(&stdout);
     assert!(accepted > 0 && accepted <= rows, "{stdout}");
     server.stop();
 }
