@@ -2,7 +2,7 @@
 //! realistic history through the HTTP API; then a few reports and the URLs to try next.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use careledger_gateway::Role;
@@ -11,6 +11,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+use crate::push::Outcome;
 use crate::table::print_table;
 use crate::{DemoArgs, start};
 
@@ -23,6 +24,7 @@ struct Tally {
     duplicates: usize,
 }
 
+/// One simulated batch through `push`'s sender (same retries); a refusal ends the demo.
 async fn push(
     client: &reqwest::Client,
     base: &str,
@@ -30,30 +32,21 @@ async fn push(
     batch: &SimBatch,
 ) -> Result<Value> {
     let url = format!("{base}/v1/ingest/{}?atomic=false", batch.table);
-    let mut delay = Duration::from_millis(200);
-    for attempt in 0..5 {
-        let resp = client
-            .post(&url)
-            .bearer_auth(token)
-            .header("content-type", "application/x-ndjson")
-            .header("idempotency-key", &batch.idempotency_key)
-            .body(ndjson(&batch.rows))
-            .send()
-            .await;
-        match resp {
-            Ok(r) if r.status().is_success() => return Ok(r.json().await?),
-            Ok(r) if r.status().is_server_error() && attempt < 4 => {}
-            Ok(r) => {
-                let status = r.status();
-                bail!("{url}: {status}: {}", r.text().await.unwrap_or_default());
-            }
-            Err(e) if attempt < 4 => tracing::warn!(%e, "retrying"),
-            Err(e) => return Err(e.into()),
-        }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
+    let body = ndjson(&batch.rows);
+    match crate::push::send(
+        client,
+        &url,
+        token,
+        "application/x-ndjson",
+        &batch.idempotency_key,
+        body.as_bytes(),
+        5,
+    )
+    .await
+    {
+        Outcome::Receipt { receipt, .. } => Ok(receipt),
+        Outcome::Failed(message) => bail!("{url}: {message}"),
     }
-    bail!("{url}: gave up after 5 attempts")
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<()> {

@@ -312,18 +312,22 @@ fn chunk_file(
 
 /// What the server said of one chunk, after retries.
 #[derive(Debug)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// The receipt (2xx), or the receipt inside a 422 atomic refusal (nothing stored).
     Receipt { receipt: Value, stored: bool },
     /// Refused as a whole: status and problem detail.
     Failed(String),
 }
 
-async fn send(
+/// Posts one batch with its Idempotency-Key, retrying connection errors, 5xx, 408, 429 and a
+/// key still in progress with exponential backoff (Retry-After honoured). Also used by `demo`.
+pub(crate) async fn send(
     client: &reqwest::Client,
     url: &str,
     token: &str,
-    chunk: &Chunk,
+    content_type: &str,
+    key: &str,
+    body: &[u8],
     attempts: u32,
 ) -> Outcome {
     let mut delay = Duration::from_millis(250);
@@ -332,9 +336,9 @@ async fn send(
         let resp = client
             .post(url)
             .bearer_auth(token)
-            .header("content-type", chunk.content_type)
-            .header("idempotency-key", &chunk.key)
-            .body(chunk.body.clone())
+            .header("content-type", content_type)
+            .header("idempotency-key", key)
+            .body(body.to_vec())
             .send()
             .await;
         let mut wait = delay;
@@ -386,7 +390,7 @@ async fn send(
             Err(e) => last = format!("{e}"),
         }
         if attempt < attempts {
-            tracing::warn!(key = %chunk.key, attempt, error = %last, "retrying");
+            tracing::warn!(%key, attempt, error = %last, "retrying");
             tokio::time::sleep(wait).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
@@ -439,7 +443,19 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
         let url = &url;
         let token = &args.token;
         let attempts = args.attempts;
-        async move { (chunk, send(client, url, token, chunk, attempts).await) }
+        async move {
+            let outcome = send(
+                client,
+                url,
+                token,
+                chunk.content_type,
+                &chunk.key,
+                &chunk.body,
+                attempts,
+            )
+            .await;
+            (chunk, outcome)
+        }
     }))
     .buffer_unordered(args.parallel.max(1));
     while let Some((chunk, outcome)) = results.next().await {
