@@ -111,6 +111,9 @@ struct ServeArgs {
     /// Connections served at once (more wait to be accepted).
     #[arg(long, env = "CARELEDGER_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Report answers kept for repeated requests (by ETag); 0 computes every request.
+    #[arg(long, env = "CARELEDGER_REPORT_CACHE_ENTRIES", default_value_t = 64)]
+    report_cache_entries: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -227,6 +230,7 @@ struct ServeFile {
     request_timeout_s: Option<u64>,
     header_timeout_s: Option<u64>,
     max_connections: Option<usize>,
+    report_cache_entries: Option<usize>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from `--config`.
@@ -270,6 +274,12 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     }
     if let Some(v) = file.max_connections.filter(|_| unset("max_connections")) {
         args.max_connections = v;
+    }
+    if let Some(v) = file
+        .report_cache_entries
+        .filter(|_| unset("report_cache_entries"))
+    {
+        args.report_cache_entries = v;
     }
     Ok(())
 }
@@ -389,6 +399,10 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         commit: CommitConfig {
             window: Duration::from_millis(args.commit_window_ms),
             ..CommitConfig::default()
+        },
+        query: careledger_gateway::QueryConfig {
+            cache_entries: args.report_cache_entries,
+            ..Default::default()
         },
         ..GatewayConfig::default()
     };

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use careledger_sim::{SimConfig, simulate};
+use careledger_sim::{SimConfig, simulate_each};
 
 /// What to simulate (shared by `demo` and `simulate`).
 #[derive(Debug, clap::Args)]
@@ -55,21 +55,35 @@ pub(crate) fn run(args: SimulateArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut files: BTreeMap<String, std::io::BufWriter<std::fs::File>> = BTreeMap::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for batch in simulate(&config) {
+    // Batch by batch: holding every batch's JSON at once does not fit at a million women.
+    let mut failure: Option<anyhow::Error> = None;
+    simulate_each(&config, |batch| {
+        if failure.is_some() {
+            return;
+        }
         let table = format!("{}/{}.ndjson", batch.source, batch.table.as_str());
-        if !files.contains_key(&table) {
-            std::fs::create_dir_all(args.out.join(&batch.source))?;
-            let path = args.out.join(&table);
-            let f = std::fs::File::create(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            files.insert(table.clone(), std::io::BufWriter::new(f));
+        let written = (|| -> Result<()> {
+            if !files.contains_key(&table) {
+                std::fs::create_dir_all(args.out.join(&batch.source))?;
+                let path = args.out.join(&table);
+                let f = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                files.insert(table.clone(), std::io::BufWriter::new(f));
+            }
+            let w = files.get_mut(&table).expect("just inserted");
+            for row in &batch.rows {
+                serde_json::to_writer(&mut *w, row)?;
+                w.write_all(b"\n")?;
+            }
+            Ok(())
+        })();
+        match written {
+            Ok(()) => *counts.entry(table).or_default() += batch.rows.len(),
+            Err(e) => failure = Some(e),
         }
-        let w = files.get_mut(&table).expect("just inserted");
-        for row in &batch.rows {
-            serde_json::to_writer(&mut *w, row)?;
-            w.write_all(b"\n")?;
-        }
-        *counts.entry(table).or_default() += batch.rows.len();
+    });
+    if let Some(e) = failure {
+        return Err(e);
     }
     for (table, mut w) in files {
         w.flush()?;

@@ -1,0 +1,229 @@
+"""Check that the DuckDB and PostgreSQL peers of careledger's named reports
+give careledger's answers.
+
+    python check_equal.py --store DIR --export DIR --pg-dsn DSN [--bin PATH] [--skip-load] [--param NAME=VALUE ...]
+
+For each report with its default parameters (from the `-- param:` header of
+queries/<report>.sql): careledger's answer (`careledger report --store`),
+DuckDB's (views over <export>/<table>.parquet) and PostgreSQL's (tables loaded
+by pgload.load unless --skip-load), normalised and compared row by row in order.
+Exit status 0 when every report is equal for both peers.
+
+normalise(rows) and first_difference(a, b) are importable by the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import decimal
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import pgload  # noqa: E402
+
+REPORTS = (
+    "balance", "breadth", "coverage_by_measure", "entries", "exits", "group_coverage",
+    "priority_gap_counts", "priority_gaps", "registration_discrepancies", "source_health",
+    "stock", "turnover_and_returns",
+)
+
+# Columns careledger computes with an approximate aggregate; the peers compute the
+# exact value. DataFusion's approx_percentile_cont is a t-digest whose estimate
+# even changes from run to run (merge order), so these compare within a relative
+# tolerance instead of exactly.
+APPROX = {
+    "source_health": {"lag_days_p90": 0.02},
+}
+
+DEFAULT_BIN = os.path.expanduser("~/.cache/careledger/target/release/careledger")
+DEFAULT_QUERIES = os.path.normpath(os.path.join(HERE, "..", "..", "queries"))
+
+_TS = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}(:?\d{2})?)$")
+
+
+def _norm_ts(t: dt.datetime) -> str:
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _norm_value(v):
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return v
+    if isinstance(v, decimal.Decimal):
+        v = float(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        r = round(v, 4)
+        return 0.0 if r == 0 else r
+    if isinstance(v, dt.datetime):
+        return _norm_ts(v)
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, str):
+        if _TS.match(v):
+            try:
+                return _norm_ts(dt.datetime.fromisoformat(v.replace("Z", "+00:00")))
+            except ValueError:
+                return v
+        return v
+    return v
+
+
+def normalise(rows) -> list[tuple]:
+    """Rows as tuples in the given column order: floats/Decimals -> float rounded
+    to 4 decimals, dates -> ISO strings, timestamps -> UTC ISO strings with Z,
+    NULL -> None."""
+    return [tuple(_norm_value(v) for v in row) for row in rows]
+
+
+def _close(x, y, rel) -> bool:
+    if isinstance(x, bool) or isinstance(y, bool):
+        return x == y
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+        return abs(x - y) <= rel * max(abs(x), abs(y), 1e-12)
+    return x == y
+
+
+def first_difference(a, b, columns=None, approx=None) -> str | None:
+    """None when the normalised answers a and b are equal (same rows, same
+    order), else a description of the first difference. approx maps a column
+    name (with columns given) or index to a relative tolerance."""
+    approx = approx or {}
+    tol = {}
+    for k, rel in approx.items():
+        if isinstance(k, int):
+            tol[k] = rel
+        elif columns is not None and k in columns:
+            tol[columns.index(k)] = rel
+    for i, (ra, rb) in enumerate(zip(a, b)):
+        if len(ra) != len(rb):
+            return f"row {i}: {len(ra)} columns vs {len(rb)}"
+        for j, (x, y) in enumerate(zip(ra, rb)):
+            if isinstance(x, bool) != isinstance(y, bool):
+                same = False  # True == 1 in Python; a boolean never equals a count
+            elif j in tol:
+                same = _close(x, y, tol[j])
+            else:
+                same = x == y
+            if not same:
+                col = columns[j] if columns and j < len(columns) else f"#{j}"
+                return f"row {i} column {col}: {x!r} vs {y!r} (rows {ra!r} vs {rb!r})"
+    if len(a) != len(b):
+        extra, which = (a[len(b)], "first") if len(a) > len(b) else (b[len(a)], "second")
+        return f"{len(a)} rows vs {len(b)}; first extra row in the {which}: {extra!r}"
+    return None
+
+
+def default_params(queries_dir: str, report: str) -> dict[str, tuple[str, str]]:
+    """name -> (type, default) from the `-- param: NAME TYPE DEFAULT ...` header."""
+    params = {}
+    with open(os.path.join(queries_dir, report + ".sql"), encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"--\s*param:\s*(\S+)\s+(\S+)\s+('(?:[^']|'')*'|\S+)", line)
+            if m:
+                name, typ, default = m.groups()
+                if default.startswith("'"):
+                    default = default[1:-1].replace("''", "'")
+                params[name] = (typ, default)
+    return params
+
+
+def careledger_answer(binary, store, report, params):
+    cmd = [binary, "report", report, "--store", store, "--format", "json"]
+    for name, (_typ, value) in params.items():
+        cmd += ["--param", f"{name}={value}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    doc = json.loads(out)
+    return [c["name"] for c in doc["columns"]], doc["rows"]
+
+
+def duckdb_connection(export_dir):
+    import duckdb
+    con = duckdb.connect()
+    for t in pgload.TABLES:
+        path = os.path.join(export_dir, t + ".parquet").replace("'", "''")
+        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{path}')")
+    return con
+
+
+def duckdb_answer(con, sql):
+    cur = con.execute(sql)
+    return [d[0] for d in cur.description], cur.fetchall()
+
+
+def pg_answer(conn, sql):
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return [d.name for d in cur.description], cur.fetchall()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", required=True, help="careledger store directory (read-only)")
+    ap.add_argument("--export", required=True, help="directory of <table>.parquet exports")
+    ap.add_argument("--pg-dsn", required=True, help="psycopg DSN of a scratch PostgreSQL database")
+    ap.add_argument("--bin", default=DEFAULT_BIN, help="careledger binary")
+    ap.add_argument("--queries", default=DEFAULT_QUERIES, help="careledger's queries/ (for parameter defaults)")
+    ap.add_argument("--skip-load", action="store_true", help="the PostgreSQL tables are already loaded")
+    ap.add_argument("--only", nargs="*", help="only these reports")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a default parameter in every report that has it (repeatable)")
+    args = ap.parse_args(argv)
+
+    import psycopg
+    pg = psycopg.connect(args.pg_dsn, autocommit=True)
+    if not args.skip_load:
+        t = pgload.load(pg, args.export)
+        print(f"postgres load: load_s={t['load_s']:.2f} index_s={t['index_s']:.2f}")
+    duck = duckdb_connection(args.export)
+
+    ok = True
+    print(f"{'report':28} {'rows':>6}  {'duckdb':7} {'postgres':8}")
+    for report in args.only or REPORTS:
+        params = default_params(args.queries, report)
+        for override in args.param:
+            name, _, value = override.partition("=")
+            if name in params:
+                params[name] = (params[name][0], value)
+        cols, ref = careledger_answer(args.bin, args.store, report, params)
+        ref = normalise(ref)
+        approx = APPROX.get(report)
+        results, notes = [], []
+        for peer, run in (("duckdb", lambda s: duckdb_answer(duck, s)),
+                          ("postgres", lambda s: pg_answer(pg, s))):
+            with open(os.path.join(HERE, peer, report + ".sql"), encoding="utf-8") as f:
+                sql = pgload.bind(f.read(), params)
+            try:
+                pcols, rows = run(sql)
+                diff = None if pcols == cols else f"columns {pcols} vs careledger's {cols}"
+                diff = diff or first_difference(ref, normalise(rows), cols, approx)
+            except Exception as e:  # report and go on
+                diff = f"error: {type(e).__name__}: {e}".strip()
+            results.append("yes" if diff is None else "NO")
+            if diff is not None:
+                ok = False
+                notes.append(f"    {peer}: careledger vs {peer}: {diff}")
+        note = f"  ({', '.join(approx)} within {max(approx.values()):.0%}: approximate in careledger)" if approx else ""
+        print(f"{report:28} {len(ref):>6}  {results[0]:7} {results[1]:8}{note}")
+        for n in notes:
+            print(n)
+    pg.close()
+    duck.close()
+    print("all equal" if ok else "DIFFERENCES FOUND")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

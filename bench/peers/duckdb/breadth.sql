@@ -1,0 +1,41 @@
+-- DuckDB peer of queries/breadth.sql. Changes: none (DataFusion SQL runs as is).
+-- name: breadth
+-- title_zh: 关爱服务广度
+-- title_en: Breadth: measure areas reached per woman, year to date
+-- description: Among women in the ledger at any time from 1 January of as_of's year up to and including as_of, the mean number of distinct measure areas (M1..M7) of services dated in that span inside one of their episodes (women with none count as 0). Region: where she lived on the last day in the span on which she was in the ledger.
+-- param: as_of date 2024-12-31 | Last day counted
+-- param: level text county {province,city,county,township,village} | Region level of the rows
+-- param: region text 45 | Code prefix of the regions shown
+WITH span AS (
+    SELECT CAST(date_trunc('year', $as_of) AS DATE) AS d_from, CAST($as_of + INTERVAL '1 day' AS DATE) AS d_to
+),
+last_run AS (
+    SELECT r.person_key, r.region_code,
+           row_number() OVER (PARTITION BY r.person_key ORDER BY r.run_start DESC) AS rn
+    FROM ledger_runs r CROSS JOIN span
+    WHERE r.level = $level AND r.run_start < span.d_to AND (r.run_end IS NULL OR r.run_end > span.d_from)
+),
+women AS (
+    SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
+),
+reached AS (
+    SELECT s.person_key, count(DISTINCT s.measure) AS measures
+    FROM services s
+    CROSS JOIN span
+    JOIN status_episodes e
+      ON e.person_key = s.person_key
+     AND s.service_date >= e.start_date
+     AND (e.end_date IS NULL OR s.service_date < e.end_date)
+    WHERE s.service_date >= span.d_from AND s.service_date < span.d_to
+    GROUP BY s.person_key
+)
+SELECT w.region_code,
+       rg.name AS region_name,
+       count(*) AS women,
+       sum(coalesce(r.measures, 0)) AS measure_reaches,
+       round(CAST(sum(coalesce(r.measures, 0)) AS DOUBLE) / count(*), 4) AS mean_measures_per_woman
+FROM women w
+LEFT JOIN reached r ON r.person_key = w.person_key
+JOIN regions rg ON rg.code = w.region_code
+GROUP BY w.region_code, rg.name
+ORDER BY w.region_code

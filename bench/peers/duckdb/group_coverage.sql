@@ -1,0 +1,50 @@
+-- DuckDB peer of queries/group_coverage.sql. Changes: none (DataFusion SQL runs as is).
+-- name: group_coverage
+-- title_zh: 重点群体关爱服务覆盖率
+-- title_en: Coverage by measure within each priority group
+-- description: For each priority group: women who were in the group and in the ledger on the same day at some time in [from, to); served = those with a service of measure m dated on such a day. Region as in coverage_by_measure. Groups overlap: a woman counts in each of her groups, so never add groups up.
+-- param: from date 2024-01-01 | First day of the period
+-- param: to date 2025-01-01 | Day after the last day of the period
+-- param: level text county {province,city,county,township,village} | Region level of the rows
+-- param: region text 45 | Code prefix of the regions shown
+-- param: measure text M1 | Measure area (M1..M7)
+WITH both_days AS (
+    SELECT e.person_key, g.group_code,
+           greatest(e.start_date, g.valid_from, $from) AS d_from,
+           least(coalesce(e.end_date, $to), coalesce(g.valid_until, $to), $to) AS d_to
+    FROM status_episodes e
+    JOIN group_episodes g ON g.person_key = e.person_key
+),
+in_group AS (
+    SELECT * FROM both_days WHERE d_from < d_to
+),
+last_run AS (
+    SELECT person_key, region_code,
+           row_number() OVER (PARTITION BY person_key ORDER BY run_start DESC) AS rn
+    FROM ledger_runs
+    WHERE level = $level AND run_start < $to AND (run_end IS NULL OR run_end > $from)
+),
+region_of AS (
+    SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
+),
+served AS (
+    SELECT DISTINCT i.person_key, i.group_code
+    FROM in_group i
+    JOIN services s
+      ON s.person_key = i.person_key
+     AND s.measure = $measure
+     AND s.service_date >= i.d_from
+     AND s.service_date < i.d_to
+)
+SELECT r.region_code,
+       rg.name AS region_name,
+       i.group_code,
+       count(DISTINCT i.person_key) AS women_in_group_and_ledger,
+       count(DISTINCT sv.person_key) AS women_served,
+       round(CAST(count(DISTINCT sv.person_key) AS DOUBLE) / count(DISTINCT i.person_key), 4) AS coverage
+FROM in_group i
+JOIN region_of r ON r.person_key = i.person_key
+LEFT JOIN served sv ON sv.person_key = i.person_key AND sv.group_code = i.group_code
+JOIN regions rg ON rg.code = r.region_code
+GROUP BY r.region_code, rg.name, i.group_code
+ORDER BY r.region_code, i.group_code

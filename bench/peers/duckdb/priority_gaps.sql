@@ -1,0 +1,36 @@
+-- DuckDB peer of queries/priority_gaps.sql. Changes: none (DataFusion SQL runs as is).
+-- name: priority_gaps
+-- title_zh: 重点群体帮扶缺口（个案清单）
+-- title_en: Priority gaps: case list for follow-up
+-- description: Women in the ledger and in a priority group on as_of with no relief (M1) service dated in the 12 months up to as_of (as_of - 1 year < date <= as_of). One row per woman by person_key, with her groups; for follow-up by those allowed to see cases, never for publication.
+-- audience: analyst
+-- param: as_of date 2024-12-31 | Day E
+-- param: level text county {province,city,county,township,village} | Region level of the rows
+-- param: region text 45 | Code prefix of the regions shown
+WITH in_ledger AS (
+    SELECT person_key, region_code FROM ledger_runs
+    WHERE level = $level AND starts_with(region_code, $region)
+      AND run_start <= $as_of AND (run_end IS NULL OR run_end > $as_of)
+),
+grp AS (
+    SELECT person_key,
+           max(CASE WHEN group_code = 'hardship' THEN true ELSE false END) AS hardship,
+           max(CASE WHEN group_code = 'disabled' THEN true ELSE false END) AS disabled,
+           max(CASE WHEN group_code = 'seriously_ill' THEN true ELSE false END) AS seriously_ill,
+           max(CASE WHEN group_code = 'registered_poor' THEN true ELSE false END) AS registered_poor
+    FROM group_episodes
+    WHERE valid_from <= $as_of AND (valid_until IS NULL OR valid_until > $as_of)
+    GROUP BY person_key
+),
+relief AS (
+    SELECT DISTINCT person_key FROM services
+    WHERE measure = 'M1' AND service_date <= $as_of AND service_date > CAST($as_of - INTERVAL '1 year' AS DATE)
+)
+SELECT l.region_code, rg.name AS region_name, l.person_key,
+       g.hardship, g.disabled, g.seriously_ill, g.registered_poor
+FROM in_ledger l
+JOIN grp g ON g.person_key = l.person_key
+LEFT JOIN relief r ON r.person_key = l.person_key
+JOIN regions rg ON rg.code = l.region_code
+WHERE r.person_key IS NULL
+ORDER BY l.region_code, l.person_key

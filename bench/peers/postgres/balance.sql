@@ -1,0 +1,27 @@
+-- PostgreSQL peer of queries/balance.sql. Changes: none beyond layout (starts_with exists since PG 11).
+-- param: from date 2024-01-01 | First day of the period
+-- param: to date 2025-01-01 | Day after the last day of the period
+-- param: level text county {province,city,county,township,village} | Region level of the rows
+-- param: region text 45 | Code prefix of the regions shown
+WITH r AS (
+    SELECT * FROM ledger_runs WHERE level = $level AND starts_with(region_code, $region)
+),
+per_region AS (
+    SELECT region_code,
+           sum(CASE WHEN run_start < $from AND (run_end IS NULL OR run_end >= $from) THEN 1 ELSE 0 END) AS stock_before,
+           sum(CASE WHEN run_start < $to AND (run_end IS NULL OR run_end >= $to) THEN 1 ELSE 0 END) AS stock_at_end,
+           sum(CASE WHEN run_start >= $from AND run_start < $to THEN 1 ELSE 0 END) AS entries,
+           sum(CASE WHEN run_end >= $from AND run_end < $to THEN 1 ELSE 0 END) AS exits
+    FROM r
+    GROUP BY region_code
+)
+SELECT p.region_code,
+       rg.name AS region_name,
+       p.stock_before,
+       p.stock_at_end,
+       p.entries,
+       p.exits,
+       p.stock_at_end - p.stock_before = p.entries - p.exits AS balanced
+FROM per_region p
+JOIN regions rg ON rg.code = p.region_code
+ORDER BY p.region_code

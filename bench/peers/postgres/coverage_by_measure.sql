@@ -1,0 +1,40 @@
+-- PostgreSQL peer of queries/coverage_by_measure.sql. Changes: DOUBLE -> double precision; round(x, 4) via numeric.
+-- param: from date 2024-01-01 | First day of the period
+-- param: to date 2025-01-01 | Day after the last day of the period
+-- param: level text county {province,city,county,township,village} | Region level of the rows
+-- param: region text 45 | Code prefix of the regions shown
+-- param: measure text '' | One measure (M1..M7); empty for all seven
+WITH last_run AS (
+    SELECT person_key, region_code,
+           row_number() OVER (PARTITION BY person_key ORDER BY run_start DESC) AS rn
+    FROM ledger_runs
+    WHERE level = $level AND run_start < $to AND (run_end IS NULL OR run_end > $from)
+),
+denominator AS (
+    SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
+),
+served AS (
+    SELECT DISTINCT s.person_key, s.measure
+    FROM services s
+    JOIN status_episodes e
+      ON e.person_key = s.person_key
+     AND s.service_date >= e.start_date
+     AND (e.end_date IS NULL OR s.service_date < e.end_date)
+    WHERE s.service_date >= $from AND s.service_date < $to
+),
+measures AS (
+    SELECT code AS measure, zh AS measure_zh FROM codes WHERE list = 'measures' AND ($measure = '' OR code = $measure)
+)
+SELECT d.region_code,
+       rg.name AS region_name,
+       m.measure,
+       m.measure_zh,
+       count(DISTINCT d.person_key) AS women_in_ledger,
+       count(DISTINCT sv.person_key) AS women_served,
+       round((count(DISTINCT sv.person_key)::double precision / count(DISTINCT d.person_key))::numeric, 4) AS coverage
+FROM denominator d
+CROSS JOIN measures m
+LEFT JOIN served sv ON sv.person_key = d.person_key AND sv.measure = m.measure
+JOIN regions rg ON rg.code = d.region_code
+GROUP BY d.region_code, rg.name, m.measure, m.measure_zh
+ORDER BY d.region_code, m.measure

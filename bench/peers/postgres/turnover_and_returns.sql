@@ -1,0 +1,34 @@
+-- PostgreSQL peer of queries/turnover_and_returns.sql. Changes: DOUBLE -> double precision; round(x, 4) via numeric.
+-- param: from date 2024-01-01 | First month (its first day)
+-- param: to date 2025-01-01 | Day after the last month
+-- param: level text county {province,city,county,township,village} | Region level of the rows
+-- param: region text 45 | Code prefix of the regions shown
+WITH m AS (
+    SELECT month_start, month_end FROM calendar_months WHERE month_start >= $from AND month_start < $to
+),
+r AS (
+    SELECT region_code, run_start, run_end, exit_reason
+    FROM ledger_runs WHERE level = $level AND starts_with(region_code, $region)
+),
+per AS (
+    SELECT r.region_code, m.month_start,
+           sum(CASE WHEN r.run_start < m.month_start AND (r.run_end IS NULL OR r.run_end >= m.month_start) THEN 1 ELSE 0 END) AS stock_before,
+           sum(CASE WHEN r.run_start >= m.month_start AND r.run_start < m.month_end THEN 1 ELSE 0 END) AS entries,
+           sum(CASE WHEN r.run_end >= m.month_start AND r.run_end < m.month_end THEN 1 ELSE 0 END) AS exits,
+           sum(CASE WHEN r.run_end >= m.month_start AND r.run_end < m.month_end AND r.exit_reason = 'spouse_returned' THEN 1 ELSE 0 END) AS returns
+    FROM r CROSS JOIN m
+    WHERE r.run_start < m.month_end AND (r.run_end IS NULL OR r.run_end >= m.month_start)
+    GROUP BY r.region_code, m.month_start
+)
+SELECT per.region_code,
+       rg.name AS region_name,
+       per.month_start AS month,
+       per.stock_before,
+       per.entries,
+       per.exits,
+       per.returns,
+       round(((per.entries + per.exits)::double precision / nullif(per.stock_before, 0))::numeric, 4) AS turnover,
+       round((per.returns::double precision / nullif(per.stock_before, 0))::numeric, 4) AS return_rate
+FROM per
+JOIN regions rg ON rg.code = per.region_code
+ORDER BY per.region_code, month
