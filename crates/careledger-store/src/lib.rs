@@ -144,6 +144,22 @@ pub struct Store {
     root: Url,
     tables: HashMap<&'static str, Mutex<DeltaTable>>,
     writer: WriterProperties,
+    /// Per table: application-transaction versions read from the commits seen so far.
+    txns: Mutex<HashMap<String, TxnIndex>>,
+}
+
+/// The application transactions (`txn` actions) of one table, kept up to date by reading only
+/// the commits added since the last look. Asking delta-rs instead replays the log segment
+/// (checkpoint and commits) once per id: at a thousand commits that made every group commit
+/// slower than the last.
+#[derive(Debug, Default)]
+struct TxnIndex {
+    /// The commits up to this version are in `apps`.
+    version: Option<deltalake::kernel::Version>,
+    /// appId → the version of its latest `txn` action.
+    apps: HashMap<String, i64>,
+    /// A commit file was missing (cleaned up): ids not in `apps` are then asked of the log.
+    incomplete: bool,
 }
 
 fn writer_properties() -> WriterProperties {
@@ -209,6 +225,7 @@ impl Store {
             root,
             tables,
             writer: writer_properties(),
+            txns: Mutex::default(),
         })
     }
 
@@ -228,6 +245,7 @@ impl Store {
             root,
             tables,
             writer: writer_properties(),
+            txns: Mutex::default(),
         })
     }
 
@@ -301,24 +319,41 @@ impl Store {
 
     /// Latest version of the application transaction `app_id` in `name`, after a refresh.
     pub async fn txn_version(&self, name: &str, app_id: &str) -> Result<Option<i64>> {
-        let table = self.refresh(name).await?;
-        Ok(table
-            .snapshot()?
-            .transaction_version(table.log_store().as_ref(), app_id)
-            .await?)
+        Ok(self.txn_versions(name, &[app_id.to_string()]).await?[0])
     }
 
     /// Latest versions of several application transactions, after one refresh.
     pub async fn txn_versions(&self, name: &str, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
         let table = self.refresh(name).await?;
-        let snapshot = table.snapshot()?;
+        let Some(latest) = table.version() else {
+            return Ok(vec![None; app_ids.len()]);
+        };
+        let mut indexes = self.txns.lock().await;
+        let index = indexes.entry(name.to_string()).or_default();
+        let from = index.version.map_or(0, |v| v + 1);
+        for version in from..=latest {
+            match table.log_store().read_commit_entry(version).await? {
+                Some(bytes) => read_txn_actions(&bytes, &mut index.apps).map_err(|e| {
+                    StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
+                        "table {name}: commit {version} does not read: {e}"
+                    )))
+                })?,
+                None => index.incomplete = true,
+            }
+        }
+        index.version = Some(index.version.map_or(latest, |v| v.max(latest)));
         let mut out = Vec::with_capacity(app_ids.len());
         for app in app_ids {
-            out.push(
-                snapshot
-                    .transaction_version(table.log_store().as_ref(), app)
-                    .await?,
-            );
+            match index.apps.get(app) {
+                Some(v) => out.push(Some(*v)),
+                None if !index.incomplete => out.push(None),
+                None => out.push(
+                    table
+                        .snapshot()?
+                        .transaction_version(table.log_store().as_ref(), app)
+                        .await?,
+                ),
+            }
         }
         Ok(out)
     }
@@ -335,6 +370,27 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Records the `txn` actions of one commit file (newline-delimited JSON actions) in `apps`.
+fn read_txn_actions(
+    commit: &[u8],
+    apps: &mut HashMap<String, i64>,
+) -> std::result::Result<(), serde_json::Error> {
+    for line in commit.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let action: serde_json::Value = serde_json::from_slice(line)?;
+        if let Some(txn) = action.get("txn") {
+            let app = txn.get("appId").and_then(serde_json::Value::as_str);
+            let version = txn.get("version").and_then(serde_json::Value::as_i64);
+            if let (Some(app), Some(version)) = (app, version) {
+                apps.insert(app.to_string(), version);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What compacting one table did.

@@ -173,3 +173,33 @@ async fn two_stores_on_one_directory_append_concurrently() {
         }
     }
 }
+
+/// The transaction index follows later commits, its own and another store's: a later `txn`
+/// of an id wins, and an id first committed elsewhere after the index was built is found.
+#[tokio::test]
+async fn transaction_versions_follow_later_commits_of_either_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    let b = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    let schema = careledger_store::batches_schema();
+    let append = |app: &str, v: i64| Append {
+        batches: vec![RecordBatch::new_empty(schema.clone())],
+        txns: vec![(app.to_string(), v)],
+        metadata: vec![],
+    };
+    a.append(BATCHES, append("app.a", 7)).await.unwrap();
+    let ids = ["app.a".to_string(), "app.b".to_string()];
+    assert_eq!(
+        b.txn_versions(BATCHES, &ids).await.unwrap(),
+        vec![Some(7), None]
+    );
+    a.append(BATCHES, append("app.a", 9)).await.unwrap();
+    a.append(BATCHES, append("app.b", 1)).await.unwrap();
+    assert_eq!(
+        b.txn_versions(BATCHES, &ids).await.unwrap(),
+        vec![Some(9), Some(1)]
+    );
+    b.append(BATCHES, append("app.c", 2)).await.unwrap();
+    assert_eq!(a.txn_version(BATCHES, "app.c").await.unwrap(), Some(2));
+    assert_eq!(a.txn_version(BATCHES, "app.d").await.unwrap(), None);
+}
