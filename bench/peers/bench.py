@@ -341,6 +341,10 @@ class Postgres:
         self.data = os.path.join(root, "pgdata")
         self.port = port
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            # A cluster left running by an interrupted run.
+            subprocess.run(self.as_user + [os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-m", "immediate", "stop"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
         shutil.rmtree(root, ignore_errors=True)
         os.makedirs(root)
         if self.as_user:
