@@ -277,7 +277,7 @@ impl Store {
             .filter(|b| b.num_rows() > 0)
             .map(|b| conform(&b, &schema))
             .collect::<Result<_>>()?;
-        let mut props = CommitProperties::default().with_metadata(append.metadata);
+        let mut props = keep_logs().with_metadata(append.metadata);
         if !append.txns.is_empty() {
             props = props.with_application_transactions(
                 append
@@ -372,6 +372,13 @@ impl Store {
     }
 }
 
+/// Commit properties of every commit here. delta-rs deletes commit files older than the log
+/// retention (30 days) after every commit by default; they hold the receipts and idempotency
+/// keys, so never here. (The clean-up also listed the whole log on every commit.)
+fn keep_logs() -> CommitProperties {
+    CommitProperties::default().with_cleanup_expired_logs(Some(false))
+}
+
 /// Records the `txn` actions of one commit file (newline-delimited JSON actions) in `apps`.
 fn read_txn_actions(
     commit: &[u8],
@@ -449,6 +456,7 @@ impl Store {
         let (table, metrics) = guard
             .clone()
             .optimize()
+            .with_commit_properties(keep_logs())
             .with_target_size(target)
             .with_writer_properties(self.writer.clone())
             .await?;
@@ -489,6 +497,7 @@ impl Store {
         let (table, metrics) = guard
             .clone()
             .vacuum()
+            .with_commit_properties(keep_logs())
             .with_retention_period(retention)
             .with_enforce_retention_duration(!force)
             .await?;
