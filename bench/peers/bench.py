@@ -572,6 +572,8 @@ def careledger_report(server, name, params):
 
 
 COLUMNS = {}
+COLD_REPORTS = 1000  # reports timed cold, each on a fresh server (--cold-reports)
+MEMORY = ()  # extra `serve` arguments for the report servers (--query-memory-mib)
 
 
 def same_answer(mine, theirs, approx):
@@ -608,7 +610,7 @@ def run_reports(binary, store, work, tokens, specs, warm_runs, pg):
     out = {}
     export = os.path.join(work, "export")
     log("careledger: exporting the reports' relations to Parquet for the peers")
-    server = Server(binary, store, os.path.join(work, "server-reports.log"), tokens)
+    server = Server(binary, store, os.path.join(work, "server-reports.log"), tokens, MEMORY)
     t0 = time.perf_counter()
     sizes = export_tables(server, export)
     out["export"] = {"seconds": time.perf_counter() - t0, "rows": sizes,
@@ -617,16 +619,28 @@ def run_reports(binary, store, work, tokens, specs, warm_runs, pg):
 
     results = {}
     # Cold and warm with the answer cache off: every request plans and runs the report.
-    nocache = ("--report-cache-entries", "0")
-    for name, params in specs.items():
-        server = Server(binary, store, os.path.join(work, "server-reports.log"), tokens, nocache)
-        cold, warm, rows = timed(lambda: careledger_report(server, name, params), warm_runs)
-        server.stop()
+    nocache = ("--report-cache-entries", "0", *MEMORY)
+    shared = None
+    for i, name in enumerate(specs):
+        params = specs[name]
+        if i < COLD_REPORTS:
+            server = Server(binary, store, os.path.join(work, "server-reports.log"), tokens, nocache)
+            cold, warm, rows = timed(lambda: careledger_report(server, name, params), warm_runs)
+            server.stop()
+        else:
+            # Cold is the status derivation above again (a fresh server derives before any
+            # report): past --cold-reports, one server stays up and cold is not taken.
+            if shared is None:
+                shared = Server(binary, store, os.path.join(work, "server-reports.log"), tokens, nocache)
+            _, warm, rows = timed(lambda: careledger_report(shared, name, params), warm_runs)
+            cold = None
         results[name] = {"careledger": {"cold_s": cold, "warm_s": warm, "rows": len(rows)}}
         results[name]["_careledger_rows"] = rows
-        log(f"  careledger {name}: cold {cold:.3f} s, warm {warm:.3f} s, {len(rows)} rows")
+        log(f"  careledger {name}: cold {cold if cold is None else round(cold, 3)} s, warm {warm:.3f} s, {len(rows)} rows")
+    if shared is not None:
+        shared.stop()
     # What a repeated dashboard request gets: the same answer from the server's answer cache.
-    server = Server(binary, store, os.path.join(work, "server-reports.log"), tokens)
+    server = Server(binary, store, os.path.join(work, "server-reports.log"), tokens, MEMORY)
     for name, params in specs.items():
         careledger_report(server, name, params)
         results[name]["careledger"]["cached_s"] = statistics.median(
@@ -720,6 +734,13 @@ def versions(binary, pg_version):
 def run_scale(args, women, pg):
     work = os.path.join(args.work, f"w{women}")
     os.makedirs(work, exist_ok=True)
+    if args.resume:
+        # Reports only, on the store kept by an earlier run whose ingest figures are in the file.
+        with open(args.resume) as f:
+            res = json.load(f)
+        res["command"] += f" ; reports: {' '.join(sys.argv)}"
+        keep = os.path.join(work, f"store-s{max(args.senders)}")
+        return finish_scale(args, women, pg, res, work, keep)
     res = {"women": women, "started": datetime.datetime.now().isoformat(timespec="seconds"),
            "command": " ".join(sys.argv)}
     sim = os.path.join(work, "sim")
@@ -780,6 +801,10 @@ def run_scale(args, women, pg):
             c.execute(f"DROP TABLE IF EXISTS raw_{table}")
     shutil.rmtree(csvdir, ignore_errors=True)
 
+    return finish_scale(args, women, pg, res, work, keep)
+
+
+def finish_scale(args, women, pg, res, work, keep):
     log("reports")
     res.update(run_reports(args.bin, keep, work, None, report_specs(), args.warm_runs, pg))
     res["skipped_reports"] = SKIPPED_REPORTS
@@ -801,7 +826,11 @@ def run_scale(args, women, pg):
 
 
 def f_rate(x):
-    return f"{x:,.0f}"
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def f_n(x, digits=0):
+    return "–" if x is None else f"{x:,.{digits}f}"
 
 
 def f_s(x):
@@ -853,8 +882,8 @@ def render(results_dir, out_path):
         for i in r["ingest"]:
             p = pgs.get(i["senders"])
             lines.append(
-                f"| {i['senders']} | {f_rate(i['rows_per_s'])} | {i['mb_per_s']:.1f} | {i['ack_p50_ms']:.0f} / {i['ack_p99_ms']:.0f} | {i['peak_rss_mib']:,.0f} | "
-                + (f"{f_rate(p['rows_per_s'])} | {p['mb_per_s']:.1f} | {p['ack_p50_ms']:.0f} / {p['ack_p99_ms']:.0f} | {i['rows_per_s'] / p['rows_per_s']:.2f} |" if p else "– | – | – | – |")
+                f"| {i['senders']} | {f_rate(i['rows_per_s'])} | {i['mb_per_s']:.1f} | {f_n(i['ack_p50_ms'])} / {f_n(i['ack_p99_ms'])} | {f_n(i.get('peak_rss_mib'))} | "
+                + (f"{f_rate(p['rows_per_s'])} | {p['mb_per_s']:.1f} | {f_n(p.get('ack_p50_ms'))} / {f_n(p.get('ack_p99_ms'))} | {i['rows_per_s'] / p['rows_per_s']:.2f} |" if p else "– | – | – | – |")
             )
         d = r["duckdb_convert"]
         best = max(r["ingest"], key=lambda i: i["rows_per_s"])
@@ -864,7 +893,7 @@ def render(results_dir, out_path):
             f"DuckDB converting the same NDJSON to Parquet (one process, no acknowledgement per batch): "
             f"{f_rate(d['rows_per_s'])} rows/s, {d['mb_per_s']:.1f} MB/s ({d['seconds']:.1f} s); careledger's best ÷ DuckDB = "
             f"{best['rows_per_s'] / d['rows_per_s']:.2f}. Batches that failed in careledger's runs: {failed}; "
-            f"rows rejected by validation: {r['ingest'][0]['rows_rejected']:,} per run.",
+            f"rows rejected by validation: {f_n(r['ingest'][0].get('rows_rejected'))} per run.",
             "",
             "### Small batches: 100 rows at a steady rate",
             "",
@@ -873,6 +902,8 @@ def render(results_dir, out_path):
         ]
         for label, s in (("careledger", r["small"]), ("PostgreSQL COPY", r["pg_small"])):
             lines.append(f"| {label} | {s['batches']} | {s['rate_per_s']:.0f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['max_ms']:.1f} |")
+        if r.get("ingest_note"):
+            lines += ["", r["ingest_note"]]
         lines += [
             "",
             "### Reports: seconds, cold (first run in a fresh process) and warm (median of the next "
@@ -927,10 +958,17 @@ def main():
     ap.add_argument("--pg-port", type=int, default=55432)
     ap.add_argument("--keep", action="store_true", help="keep the scratch data of each scale")
     ap.add_argument("--render", action="store_true", help="only write BENCHMARKS.md from the results")
+    ap.add_argument("--query-memory-mib", type=int, default=None, help="serve --query-memory-mib for the report servers")
+    ap.add_argument("--cold-reports", type=int, default=1000, help="time only the first N reports cold (each cold run derives the status of every woman again)")
+    ap.add_argument("--resume", default=None, help="reports only: a results file holding this scale's ingest figures; the store is <work>/w<women>/store-s<max senders>")
     args = ap.parse_args()
     if args.render:
         render(args.results, os.path.join(REPO, "BENCHMARKS.md"))
         return
+    global MEMORY, COLD_REPORTS
+    COLD_REPORTS = args.cold_reports
+    if args.query_memory_mib:
+        MEMORY = ("--query-memory-mib", str(args.query_memory_mib))
     os.makedirs(args.work, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)
     pg = Postgres(os.path.join(args.work, "pg"), args.pg_port)

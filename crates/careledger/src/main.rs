@@ -114,6 +114,9 @@ struct ServeArgs {
     /// Report answers kept for repeated requests (by ETag); 0 computes every request.
     #[arg(long, env = "CARELEDGER_REPORT_CACHE_ENTRIES", default_value_t = 64)]
     report_cache_entries: usize,
+    /// Memory one query (and the snapshot it builds) may use, in MiB; past it, 503.
+    #[arg(long, env = "CARELEDGER_QUERY_MEMORY_MIB", default_value_t = 2048)]
+    query_memory_mib: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,6 +234,7 @@ struct ServeFile {
     header_timeout_s: Option<u64>,
     max_connections: Option<usize>,
     report_cache_entries: Option<usize>,
+    query_memory_mib: Option<usize>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from `--config`.
@@ -280,6 +284,9 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
         .filter(|_| unset("report_cache_entries"))
     {
         args.report_cache_entries = v;
+    }
+    if let Some(v) = file.query_memory_mib.filter(|_| unset("query_memory_mib")) {
+        args.query_memory_mib = v;
     }
     Ok(())
 }
@@ -402,6 +409,7 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         },
         query: careledger_gateway::QueryConfig {
             cache_entries: args.report_cache_entries,
+            memory_limit: args.query_memory_mib.max(1) * 1024 * 1024,
             ..Default::default()
         },
         ..GatewayConfig::default()

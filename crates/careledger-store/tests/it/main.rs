@@ -203,3 +203,42 @@ async fn transaction_versions_follow_later_commits_of_either_store() {
     assert_eq!(a.txn_version(BATCHES, "app.c").await.unwrap(), Some(2));
     assert_eq!(a.txn_version(BATCHES, "app.d").await.unwrap(), None);
 }
+
+/// Commit files hold the receipts and idempotency keys: a commit after a checkpoint must not
+/// delete those older than delta-rs's log retention (30 days by default).
+#[tokio::test]
+async fn commits_older_than_the_log_retention_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    let schema = careledger_store::batches_schema();
+    let append = |k: i64| Append {
+        batches: vec![RecordBatch::new_empty(schema.clone())],
+        txns: vec![(format!("app-{k}"), k)],
+        metadata: vec![],
+    };
+    for k in 0..3 {
+        store.append(BATCHES, append(k)).await.unwrap();
+    }
+    store.checkpoint(BATCHES).await.unwrap();
+    let log = dir.path().join(BATCHES).join("_delta_log");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60 * 86_400);
+    let commits: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(commits.len(), 4, "{commits:?}");
+    for p in &commits {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    store.append(BATCHES, append(3)).await.unwrap();
+    for p in &commits {
+        assert!(p.exists(), "{} was deleted", p.display());
+    }
+    assert_eq!(store.txn_version(BATCHES, "app-0").await.unwrap(), Some(0));
+}
