@@ -968,7 +968,7 @@ def main():
     global MEMORY, COLD_REPORTS
     COLD_REPORTS = args.cold_reports
     if args.query_memory_mib:
-        MEMORY = ("--query-memory-mib", str(args.query_memory_mib))
+        MEMORY = ("--query-memory-mib", str(args.query_memory_mib), "--query-timeout-s", "600")
     os.makedirs(args.work, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)
     pg = Postgres(os.path.join(args.work, "pg"), args.pg_port)

@@ -117,6 +117,9 @@ struct ServeArgs {
     /// Memory one query (and the snapshot it builds) may use, in MiB; past it, 503.
     #[arg(long, env = "CARELEDGER_QUERY_MEMORY_MIB", default_value_t = 2048)]
     query_memory_mib: usize,
+    /// Seconds one query (and the snapshot it builds) may run; past it, 503.
+    #[arg(long, env = "CARELEDGER_QUERY_TIMEOUT_S", default_value_t = 30)]
+    query_timeout_s: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -235,6 +238,7 @@ struct ServeFile {
     max_connections: Option<usize>,
     report_cache_entries: Option<usize>,
     query_memory_mib: Option<usize>,
+    query_timeout_s: Option<u64>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from `--config`.
@@ -287,6 +291,9 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     }
     if let Some(v) = file.query_memory_mib.filter(|_| unset("query_memory_mib")) {
         args.query_memory_mib = v;
+    }
+    if let Some(v) = file.query_timeout_s.filter(|_| unset("query_timeout_s")) {
+        args.query_timeout_s = v;
     }
     Ok(())
 }
@@ -410,6 +417,7 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         query: careledger_gateway::QueryConfig {
             cache_entries: args.report_cache_entries,
             memory_limit: args.query_memory_mib.max(1) * 1024 * 1024,
+            timeout: Duration::from_secs(args.query_timeout_s.max(1)),
             ..Default::default()
         },
         ..GatewayConfig::default()
