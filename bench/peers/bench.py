@@ -520,6 +520,7 @@ DUCKDB_COLD = r"""
 import duckdb, json, sys, time
 export, sql, names = sys.argv[1], sys.stdin.read(), sys.argv[2].split(',')
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 for t in names:
     con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{export}/{t}.parquet')")
 t0 = time.perf_counter()
@@ -648,13 +649,14 @@ def run_reports(binary, store, work, tokens, specs, warm_runs, pg):
     server.stop()
 
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     duckdb_views(con, export)
     venv_python = sys.executable
     for name, params in specs.items():
         sql = peer_sql("duckdb", name, params)
         cold = subprocess.run([venv_python, "-c", DUCKDB_COLD, export, ",".join(EXPORTS)], input=sql,
                               capture_output=True, text=True, check=True)
-        cold_s = json.loads(cold.stdout)["seconds"]
+        cold_s = json.loads(cold.stdout.strip().splitlines()[-1])["seconds"]
 
         def once():
             t0 = time.perf_counter()
