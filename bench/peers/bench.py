@@ -960,7 +960,7 @@ def main():
     ap.add_argument("--pg-port", type=int, default=55432)
     ap.add_argument("--keep", action="store_true", help="keep the scratch data of each scale")
     ap.add_argument("--render", action="store_true", help="only write BENCHMARKS.md from the results")
-    ap.add_argument("--query-memory-mib", type=int, default=None, help="serve --query-memory-mib for the report servers")
+    ap.add_argument("--query-memory-mib", type=int, default=20000, help="serve --query-memory-mib (and --query-timeout-s 600) for the report servers: 1M women need more than the 2 GiB default")
     ap.add_argument("--cold-reports", type=int, default=1000, help="time only the first N reports cold (each cold run derives the status of every woman again)")
     ap.add_argument("--resume", default=None, help="reports only: a results file holding this scale's ingest figures; the store is <work>/w<women>/store-s<max senders>")
     args = ap.parse_args()
