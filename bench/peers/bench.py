@@ -51,12 +51,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import check_equal  # noqa: E402
 import pgload  # noqa: E402
 
-# The relations the reports read; exported from careledger for the peers.
-EXPORTS = [
-    "women", "life_events", "group_flags", "services", "registrations", "batches", "people",
-    "status_episodes", "residence", "ledger_runs", "group_episodes", "regions", "codes",
-    "region_levels", "calendar_months",
-]
+# The relations the reports read; exported from careledger for the peers (pgload loads them).
+EXPORTS = pgload.TABLES
 PG_TIMEOUT_S = 180
 SKIPPED_REPORTS = {"revisions": "runs stock at two knowledge instants inside careledger (the status rule re-derived as known at frozen_at); the peers hold no transaction-time history of the derived tables"}
 
@@ -74,24 +70,10 @@ def pct(values, p):
 
 
 def report_specs():
-    """Named reports and their parameters (type, default) from queries/*.sql headers."""
-    specs = {}
-    for path in sorted(glob.glob(os.path.join(REPO, "queries", "*.sql"))):
-        name, params = None, {}
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("-- name:"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("-- param:"):
-                    head = line.split(":", 1)[1].split("|")[0].split()
-                    pname, ptype = head[0], head[1]
-                    default = head[2] if len(head) > 2 else ""
-                    if default == "''":
-                        default = ""
-                    params[pname] = (ptype, default)
-        if name and name not in SKIPPED_REPORTS:
-            specs[name] = params
-    return specs
+    """Named reports (but the skipped) and their parameters (type, default), from queries/*.sql."""
+    queries = os.path.join(REPO, "queries")
+    names = sorted(os.path.basename(p).removesuffix(".sql") for p in glob.glob(os.path.join(queries, "*.sql")))
+    return {n: check_equal.default_params(queries, n) for n in names if n not in SKIPPED_REPORTS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,11 +488,6 @@ def duckdb_convert(sim, out):
     return {"rows": rows, "seconds": wall, "rows_per_s": rows / wall, "mb_per_s": nbytes / wall / 1e6}
 
 
-def duckdb_views(con, export):
-    for t in EXPORTS:
-        con.execute(f"CREATE OR REPLACE VIEW {t} AS SELECT * FROM read_parquet('{os.path.join(export, t + '.parquet')}')")
-
-
 def peer_sql(dialect, name, params):
     with open(os.path.join(HERE, dialect, f"{name}.sql"), encoding="utf-8") as f:
         return pgload.bind(f.read(), params)
@@ -648,9 +625,8 @@ def run_reports(binary, store, work, tokens, specs, warm_runs, pg):
             careledger_report(server, name, params)[0] for _ in range(warm_runs))
     server.stop()
 
-    con = duckdb.connect()
+    con = check_equal.duckdb_connection(export)
     con.execute("SET enable_progress_bar = false")
-    duckdb_views(con, export)
     venv_python = sys.executable
     for name, params in specs.items():
         sql = peer_sql("duckdb", name, params)
@@ -946,6 +922,14 @@ def render(results_dir, out_path):
     log(f"wrote {out_path}")
 
 
+def benchmarks_path(results):
+    """The repo's BENCHMARKS.md for the repo's results; beside any other results directory, so a
+    trial run elsewhere does not overwrite the measured file."""
+    if os.path.abspath(results) == os.path.join(REPO, "bench", "peers", "results"):
+        return os.path.join(REPO, "BENCHMARKS.md")
+    return os.path.join(results, "BENCHMARKS.md")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/careledger/target"))
@@ -956,7 +940,7 @@ def main():
     ap.add_argument("--small-seconds", type=float, default=30.0)
     ap.add_argument("--warm-runs", type=int, default=3)
     ap.add_argument("--work", default="/tmp/careledger-peers", help="scratch directory (simulated data, stores, PostgreSQL)")
-    ap.add_argument("--results", default=os.path.join(REPO, "bench", "peers", "results"))
+    ap.add_argument("--results", default=os.path.join(REPO, "bench", "peers", "results"), help="results directory; BENCHMARKS.md is written in the repo only for the default one")
     ap.add_argument("--pg-port", type=int, default=55432)
     ap.add_argument("--keep", action="store_true", help="keep the scratch data of each scale")
     ap.add_argument("--render", action="store_true", help="only write BENCHMARKS.md from the results")
@@ -965,7 +949,7 @@ def main():
     ap.add_argument("--resume", default=None, help="reports only: a results file holding this scale's ingest figures; the store is <work>/w<women>/store-s<max senders>")
     args = ap.parse_args()
     if args.render:
-        render(args.results, os.path.join(REPO, "BENCHMARKS.md"))
+        render(args.results, benchmarks_path(args.results))
         return
     global MEMORY, COLD_REPORTS
     COLD_REPORTS = args.cold_reports
@@ -979,7 +963,7 @@ def main():
             run_scale(args, women, pg)
     finally:
         pg.stop()
-    render(args.results, os.path.join(REPO, "BENCHMARKS.md"))
+    render(args.results, benchmarks_path(args.results))
 
 
 if __name__ == "__main__":
