@@ -1,7 +1,9 @@
 -- name: breadth
 -- title_zh: 关爱服务广度
 -- title_en: Breadth: measure areas reached per woman, year to date
--- description: Among women in the ledger at any time from 1 January of as_of's year up to and including as_of, the mean number of distinct measure areas (M1..M7) of services dated in that span inside one of their episodes (women with none count as 0). Region: where she lived on the last day in the span on which she was in the ledger.
+-- description: Among women in the ledger at any time from 1 January of as_of's year up to and including as_of, the mean number of distinct measure areas (M1..M7) of services dated in that span inside one of their episodes (women with none count as 0). Region: where she lived on the last day in the span on which she was in the ledger. See docs/reports.md.
+-- publish: labels region_code
+-- publish: rate mean_measures_per_woman = measure_reaches / women
 -- param: as_of date 2024-12-31 | Last day counted
 -- param: level text county {province,city,county,township,village} | Region level of the rows
 -- param: region text 45 | Code prefix of the regions shown
@@ -32,7 +34,9 @@ SELECT w.region_code,
        rg.name AS region_name,
        count(*) AS women,
        sum(coalesce(r.measures, 0)) AS measure_reaches,
-       round(CAST(sum(coalesce(r.measures, 0)) AS DOUBLE) / count(*), 4) AS mean_measures_per_woman
+       round(CAST(sum(coalesce(r.measures, 0)) AS DOUBLE) / count(*), 4) AS mean_measures_per_woman,
+       sum(cell_key(w.person_key)) AS women__ck,
+       sum(CASE WHEN coalesce(r.measures, 0) > 0 THEN cell_key(w.person_key) ELSE 0 END) AS measure_reaches__ck
 FROM women w
 LEFT JOIN reached r ON r.person_key = w.person_key
 JOIN regions rg ON rg.code = w.region_code

@@ -1,7 +1,9 @@
 -- name: coverage_by_measure
 -- title_zh: 关爱服务覆盖率（按措施）
 -- title_en: Coverage by measure area
--- description: C(m, P) = distinct women with at least one service of measure m dated in [from, to) inside one of their episodes, divided by distinct women in the ledger at any time in [from, to). Each woman counts in the region where she lived on the last day in the period on which she was in the ledger.
+-- description: C(m, P) = distinct women with at least one service of measure m dated in [from, to) inside one of their episodes, divided by distinct women in the ledger at any time in [from, to). Each woman counts in the region where she lived on the last day in the period on which she was in the ledger. See docs/reports.md.
+-- publish: labels region_code measure=measures
+-- publish: rate coverage = women_served / women_in_ledger
 -- param: from date 2024-01-01 | First day of the period
 -- param: to date 2025-01-01 | Day after the last day of the period
 -- param: level text county {province,city,county,township,village} | Region level of the rows
@@ -34,7 +36,9 @@ SELECT d.region_code,
        m.measure_zh,
        count(DISTINCT d.person_key) AS women_in_ledger,
        count(DISTINCT sv.person_key) AS women_served,
-       round(CAST(count(DISTINCT sv.person_key) AS DOUBLE) / count(DISTINCT d.person_key), 4) AS coverage
+       round(CAST(count(DISTINCT sv.person_key) AS DOUBLE) / count(DISTINCT d.person_key), 4) AS coverage,
+       sum(DISTINCT cell_key(d.person_key)) AS women_in_ledger__ck,
+       sum(DISTINCT cell_key(sv.person_key)) AS women_served__ck
 FROM denominator d
 CROSS JOIN measures m
 LEFT JOIN served sv ON sv.person_key = d.person_key AND sv.measure = m.measure

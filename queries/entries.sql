@@ -1,7 +1,8 @@
 -- name: entries
 -- title_zh: 新增纳入台账人数
 -- title_en: Entries into the ledger, by reason and month
--- description: Ledger runs starting in [from, to): a woman's episode starting (absence_6_months, moved_in, married), or, below the whole province, her moving into the region during an episode (transfer_in). Region is where she lived on the first day.
+-- description: Ledger runs starting in [from, to): a woman's episode starting (absence_6_months, moved_in, married), or, below the whole province, her moving into the region during an episode (transfer_in). Region is where she lived on the first day. See docs/reports.md.
+-- publish: labels region_code month reason=entry_reasons
 -- param: from date 2024-01-01 | First day of the period
 -- param: to date 2025-01-01 | Day after the last day of the period
 -- param: level text county {province,city,county,township,village} | Region level of the rows
@@ -10,7 +11,8 @@ SELECT r.region_code,
        rg.name AS region_name,
        CAST(date_trunc('month', r.run_start) AS DATE) AS month,
        r.entry_reason AS reason,
-       count(*) AS entries
+       count(*) AS entries,
+       sum(cell_key(r.person_key)) AS entries__ck
 FROM ledger_runs r
 JOIN regions rg ON rg.code = r.region_code
 WHERE r.level = $level

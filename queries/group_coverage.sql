@@ -1,7 +1,9 @@
 -- name: group_coverage
 -- title_zh: 重点群体关爱服务覆盖率
 -- title_en: Coverage by measure within each priority group
--- description: For each priority group: women who were in the group and in the ledger on the same day at some time in [from, to); served = those with a service of measure m dated on such a day. Region as in coverage_by_measure. Groups overlap: a woman counts in each of her groups, so never add groups up.
+-- description: For each priority group: women who were in the group and in the ledger on the same day at some time in [from, to); served = those with a service of measure m dated on such a day. Region as in coverage_by_measure. Groups overlap: a woman counts in each of her groups, so never add groups up. See docs/reports.md.
+-- publish: labels region_code group_code=priority_groups
+-- publish: rate coverage = women_served / women_in_group_and_ledger
 -- param: from date 2024-01-01 | First day of the period
 -- param: to date 2025-01-01 | Day after the last day of the period
 -- param: level text county {province,city,county,township,village} | Region level of the rows
@@ -40,7 +42,9 @@ SELECT r.region_code,
        i.group_code,
        count(DISTINCT i.person_key) AS women_in_group_and_ledger,
        count(DISTINCT sv.person_key) AS women_served,
-       round(CAST(count(DISTINCT sv.person_key) AS DOUBLE) / count(DISTINCT i.person_key), 4) AS coverage
+       round(CAST(count(DISTINCT sv.person_key) AS DOUBLE) / count(DISTINCT i.person_key), 4) AS coverage,
+       sum(DISTINCT cell_key(i.person_key)) AS women_in_group_and_ledger__ck,
+       sum(DISTINCT cell_key(sv.person_key)) AS women_served__ck
 FROM in_group i
 JOIN region_of r ON r.person_key = i.person_key
 LEFT JOIN served sv ON sv.person_key = i.person_key AND sv.group_code = i.group_code

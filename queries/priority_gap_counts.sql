@@ -1,7 +1,8 @@
 -- name: priority_gap_counts
 -- title_zh: 重点群体帮扶缺口（统计）
 -- title_en: Priority gaps: counts for publication
--- description: Per region and priority group, women in the ledger and in the group on as_of, and those among them with no relief (M1) service in the 12 months up to as_of. Groups overlap: never add them up.
+-- description: Per region and priority group, women in the ledger and in the group on as_of, and those among them with no relief (M1) service in the 12 months up to as_of. Groups overlap: never add them up. See docs/reports.md.
+-- publish: labels region_code group_code=priority_groups
 -- param: as_of date 2024-12-31 | Day E
 -- param: level text county {province,city,county,township,village} | Region level of the rows
 -- param: region text 45 | Code prefix of the regions shown
@@ -20,7 +21,9 @@ relief AS (
 )
 SELECT l.region_code, rg.name AS region_name, g.group_code,
        count(*) AS women_in_group,
-       sum(CASE WHEN r.person_key IS NULL THEN 1 ELSE 0 END) AS without_relief_12_months
+       sum(CASE WHEN r.person_key IS NULL THEN 1 ELSE 0 END) AS without_relief_12_months,
+       sum(cell_key(l.person_key)) AS women_in_group__ck,
+       sum(CASE WHEN r.person_key IS NULL THEN cell_key(l.person_key) ELSE 0 END) AS without_relief_12_months__ck
 FROM in_ledger l
 JOIN grp g ON g.person_key = l.person_key
 LEFT JOIN relief r ON r.person_key = l.person_key

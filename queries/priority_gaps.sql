@@ -1,7 +1,7 @@
 -- name: priority_gaps
 -- title_zh: 重点群体帮扶缺口（个案清单）
 -- title_en: Priority gaps: case list for follow-up
--- description: Women in the ledger and in a priority group on as_of with no relief (M1) service dated in the 12 months up to as_of (as_of - 1 year < date <= as_of). One row per woman by person_key, with her groups; for follow-up by those allowed to see cases, never for publication.
+-- description: Women in the ledger and in a priority group on as_of with no relief (M1) service dated in the 12 months up to as_of (as_of - 1 year < date <= as_of). One row per woman by person_key, with her groups; for follow-up by those allowed to see cases, never for publication. See docs/reports.md.
 -- audience: analyst
 -- param: as_of date 2024-12-31 | Day E
 -- param: level text county {province,city,county,township,village} | Region level of the rows

@@ -1,41 +1,65 @@
 -- name: registration_discrepancies
 -- title_zh: 台账登记差异（漏登、应退未退）
 -- title_en: Registration discrepancies: eligible not registered, registered not eligible
--- description: On as_of, compares the derived status with civil affairs' registrations (the latest registration action effective on or before as_of). eligible_not_registered (漏登): in the ledger by the rule but not registered; region = where she lived on as_of. registered_not_eligible (应退未退): registered but not in the ledger by the rule; region = the registration's village.
+-- description: On as_of, compares the derived status with civil affairs' registrations (definition: docs/reports.md, registration_discrepancies). She is registered when her latest registration action effective on or before as_of is `registered`; of actions with the same effective date, the one whose current version was ingested later wins, then the higher record_id compared as text. eligible_not_registered (漏登): in the ledger by the status rule on as_of but not registered. registered_not_eligible (应退未退): registered but not in the ledger on as_of, including registrations of persons with no women record. Region = the village where she lived on as_of; only if she lived in no rural village that day (moved out or to a town, or no women record) does the village of her latest registration stand in.
+-- publish: labels region_code
 -- param: as_of date 2024-12-31 | Day of the comparison
 -- param: level text county {province,city,county,township,village} | Region level of the rows
 -- param: region text 45 | Code prefix of the regions shown
 WITH latest AS (
+    -- Her deciding action on as_of. Same effective date: the current version ingested later
+    -- (rows of one batch share its instant), then the higher record_id as text; `source` last,
+    -- only so that the order is total.
     SELECT person_key, action, region_code,
-           row_number() OVER (PARTITION BY person_key ORDER BY effective_date DESC, ingested_at DESC, record_id DESC) AS rn
+           row_number() OVER (
+               PARTITION BY person_key
+               ORDER BY effective_date DESC, ingested_at DESC, record_id DESC, source DESC
+           ) AS rn
     FROM registrations
     WHERE effective_date <= $as_of AND person_key IS NOT NULL
 ),
 registered AS (
-    SELECT person_key, region_code FROM latest WHERE rn = 1 AND action = 'registered'
+    SELECT person_key, region_code AS registered_village FROM latest WHERE rn = 1 AND action = 'registered'
 ),
-eligible AS (
-    SELECT person_key, region_code FROM ledger_runs
-    WHERE level = $level AND run_start <= $as_of AND (run_end IS NULL OR run_end > $as_of)
+in_ledger AS (
+    -- In the ledger on as_of, wherever she lived (episodes are not split by region).
+    SELECT DISTINCT person_key FROM status_episodes
+    WHERE start_date <= $as_of AND (end_date IS NULL OR end_date > $as_of)
+),
+lived AS (
+    -- The rural village she lived in on as_of; no row if she lived in none (moved out, a
+    -- town's residents' committee, no women record).
+    SELECT r.person_key, r.region_code AS village
+    FROM residence r
+    JOIN regions g ON g.code = r.region_code AND g.level = 'village' AND g.rural
+    WHERE r.valid_from <= $as_of AND (r.valid_to IS NULL OR r.valid_to > $as_of)
 ),
 missing AS (
-    SELECT e.region_code FROM eligible e LEFT JOIN registered r ON r.person_key = e.person_key
+    SELECT l.village, i.person_key FROM in_ledger i
+    JOIN lived l ON l.person_key = i.person_key
+    LEFT JOIN registered r ON r.person_key = i.person_key
     WHERE r.person_key IS NULL
 ),
 stale AS (
-    SELECT lv.region_code FROM registered r
-    JOIN region_levels lv ON lv.code = r.region_code AND lv.level = $level
-    LEFT JOIN eligible e ON e.person_key = r.person_key
-    WHERE e.person_key IS NULL
+    SELECT coalesce(l.village, r.registered_village) AS village, r.person_key FROM registered r
+    LEFT JOIN in_ledger i ON i.person_key = r.person_key
+    LEFT JOIN lived l ON l.person_key = r.person_key
+    WHERE i.person_key IS NULL
 ),
 counts AS (
-    SELECT region_code, 1 AS eligible_not_registered, 0 AS registered_not_eligible FROM missing
-    UNION ALL
-    SELECT region_code, 0, 1 FROM stale
+    SELECT lv.region_code, c.person_key, c.eligible_not_registered, c.registered_not_eligible
+    FROM (
+        SELECT village, person_key, 1 AS eligible_not_registered, 0 AS registered_not_eligible FROM missing
+        UNION ALL
+        SELECT village, person_key, 0, 1 FROM stale
+    ) c
+    JOIN region_levels lv ON lv.code = c.village AND lv.level = $level
 )
 SELECT c.region_code, rg.name AS region_name,
        sum(c.eligible_not_registered) AS eligible_not_registered,
-       sum(c.registered_not_eligible) AS registered_not_eligible
+       sum(c.registered_not_eligible) AS registered_not_eligible,
+       sum(c.eligible_not_registered * cell_key(c.person_key)) AS eligible_not_registered__ck,
+       sum(c.registered_not_eligible * cell_key(c.person_key)) AS registered_not_eligible__ck
 FROM counts c
 JOIN regions rg ON rg.code = c.region_code
 WHERE starts_with(c.region_code, $region)

@@ -1,7 +1,9 @@
 -- name: source_health
 -- title_zh: 数据源健康状况
 -- title_en: Source health: batches, rejects, timeliness
--- description: Per source: last batch, batches and rows accepted and rejected, Batch-Seq gaps, and for dated rows currently held (life events, services, group flags, registrations) the median and 90th-percentile lag in days from the event's date to its ingestion (the duty to update in time), the share of rows that landed in a frozen period (ingested on or after the 10th of the month following the event's month, when that month's figures are published), and orphans (rows of a person with no women record).
+-- description: Per source: last batch, batches and rows accepted and rejected, Batch-Seq gaps, and for dated rows currently held (life events, services, group flags, registrations) the median and 90th-percentile lag in days from the event's date to its ingestion (the duty to update in time), the share of rows that landed in a frozen period (ingested on or after the 10th of the month following the event's month, when that month's figures are published), and orphans (rows of a person with no women record). For a region-scoped token, batches, last_batch_at and rows_accepted count only the batches holding rows of women who lived in its scope and those rows, and rows_rejected and seq_gaps are NULL: rejected rows and sequence numbers cannot be attributed to a region. See docs/reports.md.
+-- publish: labels source=sources
+-- publish: exact lag_days_median lag_days_p90 | dated_rows
 WITH b AS (
     SELECT source,
            max(committed_at) AS last_batch_at,
@@ -24,8 +26,8 @@ dated AS (
 ),
 lagged AS (
     SELECT d.source,
-           (to_unixtime(d.ingested_at) - to_unixtime(CAST(d.d AS TIMESTAMP))) / 86400.0 AS lag_days,
-           CASE WHEN CAST(d.ingested_at AS DATE) >= CAST(date_trunc('month', d.d) + INTERVAL '1 month' + INTERVAL '9 days' AS DATE) THEN 1 ELSE 0 END AS frozen,
+           (to_unixtime(d.ingested_at) - to_unixtime(local_day_start(d.d))) / 86400.0 AS lag_days,
+           CASE WHEN local_date(d.ingested_at) >= CAST(date_trunc('month', d.d) + INTERVAL '1 month' + INTERVAL '9 days' AS DATE) THEN 1 ELSE 0 END AS frozen,
            CASE WHEN p.person_key IS NULL THEN 1 ELSE 0 END AS orphan
     FROM dated d LEFT JOIN people p ON p.person_key = d.person_key
 ),
@@ -45,8 +47,8 @@ SELECT s.source, s.source_zh,
        b.last_batch_at,
        coalesce(b.batches, 0) AS batches,
        coalesce(b.rows_accepted, 0) AS rows_accepted,
-       coalesce(b.rows_rejected, 0) AS rows_rejected,
-       coalesce(seq.seq_gaps, 0) AS seq_gaps,
+       CASE WHEN (SELECT scope FROM access) IS NULL THEN coalesce(b.rows_rejected, 0) END AS rows_rejected,
+       CASE WHEN (SELECT scope FROM access) IS NULL THEN coalesce(seq.seq_gaps, 0) END AS seq_gaps,
        coalesce(t.dated_rows, 0) AS dated_rows,
        t.lag_days_median,
        t.lag_days_p90,

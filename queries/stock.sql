@@ -1,7 +1,8 @@
 -- name: stock
 -- title_zh: 台账在册人数（存量）
 -- title_en: Stock: women in the ledger on a day
--- description: Distinct women with a status episode where start <= as_of < end, by the region where each lived on as_of (rolled up to the chosen level), with age bands on as_of, ethnicity, and priority groups held on as_of. Priority groups overlap: never add them up.
+-- description: Distinct women with a status episode where start <= as_of < end, by the region where each lived on as_of (rolled up to the chosen level), with age bands on as_of, ethnicity, and priority groups held on as_of. Priority groups overlap: never add them up. See docs/reports.md.
+-- publish: labels region_code
 -- param: as_of date 2024-12-31 | Day E of the count
 -- param: level text county {province,city,county,township,village} | Region level of the rows
 -- param: region text 45 | Code prefix of the regions shown (45 = all of Guangxi)
@@ -24,7 +25,7 @@ g AS (
     GROUP BY person_key
 ),
 p AS (
-    SELECT s.region_code, s.person_key, pe.ethnicity,
+    SELECT s.region_code, s.person_key, cell_key(s.person_key) AS ck, pe.ethnicity,
            CAST(date_part('year', $as_of) - date_part('year', pe.birth_date) AS BIGINT)
              - CASE WHEN date_part('month', $as_of) * 100 + date_part('day', $as_of)
                          < date_part('month', pe.birth_date) * 100 + date_part('day', pe.birth_date)
@@ -38,18 +39,31 @@ p AS (
 SELECT p.region_code,
        rg.name AS region_name,
        count(*) AS women,
+       sum(ck) AS women__ck,
        sum(CASE WHEN age < 30 THEN 1 ELSE 0 END) AS age_under_30,
+       sum(CASE WHEN age < 30 THEN ck ELSE 0 END) AS age_under_30__ck,
        sum(CASE WHEN age >= 30 AND age < 45 THEN 1 ELSE 0 END) AS age_30_44,
+       sum(CASE WHEN age >= 30 AND age < 45 THEN ck ELSE 0 END) AS age_30_44__ck,
        sum(CASE WHEN age >= 45 AND age < 60 THEN 1 ELSE 0 END) AS age_45_59,
+       sum(CASE WHEN age >= 45 AND age < 60 THEN ck ELSE 0 END) AS age_45_59__ck,
        sum(CASE WHEN age >= 60 THEN 1 ELSE 0 END) AS age_60_plus,
+       sum(CASE WHEN age >= 60 THEN ck ELSE 0 END) AS age_60_plus__ck,
        sum(CASE WHEN ethnicity = '08' THEN 1 ELSE 0 END) AS zhuang,
+       sum(CASE WHEN ethnicity = '08' THEN ck ELSE 0 END) AS zhuang__ck,
        sum(CASE WHEN ethnicity = '01' THEN 1 ELSE 0 END) AS han,
+       sum(CASE WHEN ethnicity = '01' THEN ck ELSE 0 END) AS han__ck,
        sum(CASE WHEN ethnicity IS NULL OR ethnicity NOT IN ('01', '08') THEN 1 ELSE 0 END) AS other_ethnicity,
+       sum(CASE WHEN ethnicity IS NULL OR ethnicity NOT IN ('01', '08') THEN ck ELSE 0 END) AS other_ethnicity__ck,
        sum(CASE WHEN hardship + disabled + seriously_ill + registered_poor > 0 THEN 1 ELSE 0 END) AS any_priority_group,
+       sum(CASE WHEN hardship + disabled + seriously_ill + registered_poor > 0 THEN ck ELSE 0 END) AS any_priority_group__ck,
        sum(hardship) AS hardship,
+       sum(hardship * ck) AS hardship__ck,
        sum(disabled) AS disabled,
+       sum(disabled * ck) AS disabled__ck,
        sum(seriously_ill) AS seriously_ill,
-       sum(registered_poor) AS registered_poor
+       sum(seriously_ill * ck) AS seriously_ill__ck,
+       sum(registered_poor) AS registered_poor,
+       sum(registered_poor * ck) AS registered_poor__ck
 FROM p
 JOIN regions rg ON rg.code = p.region_code
 GROUP BY p.region_code, rg.name

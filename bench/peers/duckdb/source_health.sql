@@ -1,4 +1,4 @@
--- DuckDB peer of queries/source_health.sql. Changes: to_unixtime(x) -> floor(epoch(x)) (DataFusion's is whole seconds); CAST(ingested_at AS DATE) pinned to UTC via timezone('UTC', ...); approx_percentile_cont -> exact quantile_cont (careledger's t-digest estimate is approximate and varies run to run).
+-- DuckDB peer of queries/source_health.sql. Changes: to_unixtime(x) -> floor(epoch(x)) (DataFusion's is whole seconds); careledger's local_date / local_day_start (days in Asia/Shanghai, its default zone) -> timezone('Asia/Shanghai', ...); approx_percentile_cont -> exact quantile_cont (careledger's t-digest estimate is approximate and varies run to run).
 -- name: source_health
 -- title_zh: 数据源健康状况
 -- title_en: Source health: batches, rejects, timeliness
@@ -25,8 +25,8 @@ dated AS (
 ),
 lagged AS (
     SELECT d.source,
-           (floor(epoch(d.ingested_at)) - floor(epoch(CAST(d.d AS TIMESTAMP)))) / 86400.0 AS lag_days,
-           CASE WHEN CAST(timezone('UTC', d.ingested_at) AS DATE) >= CAST(date_trunc('month', d.d) + INTERVAL '1 month' + INTERVAL '9 days' AS DATE) THEN 1 ELSE 0 END AS frozen,
+           (floor(epoch(d.ingested_at)) - floor(epoch(timezone('Asia/Shanghai', CAST(d.d AS TIMESTAMP))))) / 86400.0 AS lag_days,
+           CASE WHEN CAST(timezone('Asia/Shanghai', d.ingested_at) AS DATE) >= CAST(date_trunc('month', d.d) + INTERVAL '1 month' + INTERVAL '9 days' AS DATE) THEN 1 ELSE 0 END AS frozen,
            CASE WHEN p.person_key IS NULL THEN 1 ELSE 0 END AS orphan
     FROM dated d LEFT JOIN people p ON p.person_key = d.person_key
 ),

@@ -1,4 +1,4 @@
--- PostgreSQL peer of queries/source_health.sql. Changes: to_unixtime(x) -> floor(extract(epoch ...)) as double (DataFusion's is whole seconds); CAST(ingested_at AS DATE) pinned to UTC with AT TIME ZONE; median -> percentile_cont(0.5); approx_percentile_cont -> exact percentile_cont(0.9) (careledger's t-digest estimate is approximate and varies run to run); round via numeric.
+-- PostgreSQL peer of queries/source_health.sql. Changes: to_unixtime(x) -> floor(extract(epoch ...)) as double (DataFusion's is whole seconds); careledger's local_date / local_day_start (days in Asia/Shanghai, its default zone) -> AT TIME ZONE 'Asia/Shanghai'; median -> percentile_cont(0.5); approx_percentile_cont -> exact percentile_cont(0.9) (careledger's t-digest estimate is approximate and varies run to run); round via numeric.
 WITH b AS (
     SELECT source,
            max(committed_at) AS last_batch_at,
@@ -21,8 +21,8 @@ dated AS (
 ),
 lagged AS (
     SELECT d.source,
-           (floor(extract(epoch FROM d.ingested_at)) - floor(extract(epoch FROM d.d::timestamp)))::double precision / 86400.0 AS lag_days,
-           CASE WHEN (d.ingested_at AT TIME ZONE 'UTC')::date >= (date_trunc('month', d.d::timestamp) + INTERVAL '1 month' + INTERVAL '9 days')::date THEN 1 ELSE 0 END AS frozen,
+           (floor(extract(epoch FROM d.ingested_at)) - floor(extract(epoch FROM d.d::timestamp AT TIME ZONE 'Asia/Shanghai')))::double precision / 86400.0 AS lag_days,
+           CASE WHEN (d.ingested_at AT TIME ZONE 'Asia/Shanghai')::date >= (date_trunc('month', d.d::timestamp) + INTERVAL '1 month' + INTERVAL '9 days')::date THEN 1 ELSE 0 END AS frozen,
            CASE WHEN p.person_key IS NULL THEN 1 ELSE 0 END AS orphan
     FROM dated d LEFT JOIN people p ON p.person_key = d.person_key
 ),

@@ -1,4 +1,6 @@
 //! Bearer tokens: kept hashed (SHA-256) in a JSON file; each names a role and maybe a scope.
+//! The file is read again when it changes, so `careledger token create|revoke` take effect on
+//! a running server with its next request (see [`TokenRegistry`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -71,11 +73,91 @@ pub struct Principal {
     pub scope: Option<String>,
 }
 
-/// The token file, in memory, written through on change.
+/// The token file, in memory, written through on change, and read again when it changes.
+///
+/// `careledger token create|revoke` rewrite the file while a server runs. Before each
+/// authentication the registry compares the file's identity (device, inode, length, change
+/// and modification times: one `stat`) with what it last read, and reads it again if it
+/// differs, so a revocation or a new token takes effect with the next request. A file that
+/// cannot be read or parsed fails closed: every token is refused (503, logged as an error)
+/// until the file changes again, never served from the entries read before. A file that is
+/// gone is an empty registry (every token is unknown).
 #[derive(Debug)]
 pub struct TokenRegistry {
     path: Option<PathBuf>,
-    entries: RwLock<Vec<TokenEntry>>,
+    state: RwLock<Loaded>,
+}
+
+#[derive(Debug, Default)]
+struct Loaded {
+    entries: Vec<TokenEntry>,
+    /// The file as it was when `entries` were read (None: kept in memory only).
+    seen: Option<FileState>,
+    /// Why the file could not be used, if it could not: every token is refused.
+    broken: Option<String>,
+}
+
+/// What one `stat` of the token file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileState {
+    Missing,
+    Present(Stamp),
+    Unreadable(String),
+}
+
+/// Identity of one version of the file: a rewrite by rename changes the inode, an edit in
+/// place the times and usually the length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    unix: (u64, u64, i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            unix: (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+fn observe(path: &Path) -> FileState {
+    match std::fs::metadata(path) {
+        Ok(m) => FileState::Present(Stamp::of(&m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Missing,
+        Err(e) => FileState::Unreadable(e.to_string()),
+    }
+}
+
+/// Reads the file: what it was (from the open file, so it matches the bytes read) and its
+/// entries, or why they cannot be had.
+fn read_file(path: &Path) -> (FileState, Result<Vec<TokenEntry>, String>) {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (FileState::Missing, Ok(Vec::new()));
+        }
+        Err(e) => return (FileState::Unreadable(e.to_string()), Err(e.to_string())),
+    };
+    let state = match file.metadata() {
+        Ok(m) => FileState::Present(Stamp::of(&m)),
+        Err(e) => return (FileState::Unreadable(e.to_string()), Err(e.to_string())),
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = file.read_to_end(&mut bytes) {
+        return (state, Err(e.to_string()));
+    }
+    let entries = serde_json::from_slice::<Vec<TokenEntry>>(&bytes)
+        .map_err(|e| format!("not a token list: {e}"));
+    (state, entries)
 }
 
 fn hash(token: &str) -> String {
@@ -87,42 +169,95 @@ impl TokenRegistry {
     pub fn in_memory() -> TokenRegistry {
         TokenRegistry {
             path: None,
-            entries: RwLock::new(Vec::new()),
+            state: RwLock::new(Loaded::default()),
         }
     }
 
-    /// Loads `path` (an absent file is an empty registry).
+    /// Loads `path` (an absent file is an empty registry); a file that cannot be read or
+    /// parsed is an error.
     pub fn load(path: &Path) -> std::io::Result<TokenRegistry> {
-        let entries = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let (seen, entries) = read_file(path);
+        let entries = entries
+            .map_err(|e| std::io::Error::other(format!("token file {}: {e}", path.display())))?;
         Ok(TokenRegistry {
             path: Some(path.to_path_buf()),
-            entries: RwLock::new(entries),
+            state: RwLock::new(Loaded {
+                entries,
+                seen: Some(seen),
+                broken: None,
+            }),
         })
     }
 
+    /// Reads the file again if it changed since it was last read (one `stat` otherwise).
+    pub fn refresh(&self) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let now = observe(path);
+        if self.state.read().expect("lock").seen.as_ref() == Some(&now) {
+            return;
+        }
+        let mut state = self.state.write().expect("lock");
+        if state.seen.as_ref() == Some(&observe(path)) {
+            return; // another request read it meanwhile
+        }
+        let (seen, result) = read_file(path);
+        match result {
+            Ok(entries) => {
+                if seen == FileState::Missing {
+                    tracing::warn!(path = %path.display(), "the token file is gone: every token is refused");
+                } else {
+                    tracing::info!(path = %path.display(), tokens = entries.len(), "read the token file again after a change");
+                }
+                state.entries = entries;
+                state.broken = None;
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "the token file cannot be used: every token is refused until it is fixed");
+                state.entries.clear();
+                state.broken = Some(e);
+            }
+        }
+        state.seen = Some(seen);
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.entries.read().expect("lock").is_empty()
+        self.refresh();
+        self.state.read().expect("lock").entries.is_empty()
     }
 
     pub fn list(&self) -> Vec<TokenEntry> {
-        self.entries.read().expect("lock").clone()
+        self.refresh();
+        self.state.read().expect("lock").entries.clone()
     }
 
-    fn save(&self, entries: &[TokenEntry]) -> std::io::Result<()> {
+    fn save(&self, state: &mut Loaded) -> std::io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
         let tmp = path.with_extension("json.tmp");
         std::fs::write(
             &tmp,
-            serde_json::to_vec_pretty(entries).map_err(std::io::Error::other)?,
+            serde_json::to_vec_pretty(&state.entries).map_err(std::io::Error::other)?,
         )?;
         restrict(&tmp)?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        state.seen = Some(observe(path));
+        Ok(())
+    }
+
+    /// The entries for a change, after reading the file again if it changed (a change made
+    /// by another process is kept); refused while the file is unusable.
+    fn for_change(&self) -> std::io::Result<std::sync::RwLockWriteGuard<'_, Loaded>> {
+        self.refresh();
+        let state = self.state.write().expect("lock");
+        if let Some(e) = &state.broken {
+            return Err(std::io::Error::other(format!(
+                "the token file cannot be used ({e}); fix or remove it first"
+            )));
+        }
+        Ok(state)
     }
 
     /// Creates a token that does not expire; returns its plain text (shown once, never
@@ -142,13 +277,13 @@ impl TokenRegistry {
         let mut bytes = [0u8; 24];
         rand::rng().fill_bytes(&mut bytes);
         let token = format!("cl_{}", hex::encode(bytes));
-        let mut entries = self.entries.write().expect("lock");
-        if entries.iter().any(|e| e.name == name && !e.revoked) {
+        let mut state = self.for_change()?;
+        if state.entries.iter().any(|e| e.name == name && !e.revoked) {
             return Err(std::io::Error::other(format!(
                 "a token named {name} exists"
             )));
         }
-        entries.push(TokenEntry {
+        state.entries.push(TokenEntry {
             name: name.to_string(),
             role: role.as_string(),
             scope: scope.map(str::to_string),
@@ -157,19 +292,23 @@ impl TokenRegistry {
             expires_at,
             revoked: false,
         });
-        self.save(&entries)?;
+        self.save(&mut state)?;
         Ok(token)
     }
 
     /// Revokes every live token named `name`; false if there was none.
     pub fn revoke(&self, name: &str) -> std::io::Result<bool> {
-        let mut entries = self.entries.write().expect("lock");
+        let mut state = self.for_change()?;
         let mut found = false;
-        for e in entries.iter_mut().filter(|e| e.name == name && !e.revoked) {
+        for e in state
+            .entries
+            .iter_mut()
+            .filter(|e| e.name == name && !e.revoked)
+        {
             e.revoked = true;
             found = true;
         }
-        self.save(&entries)?;
+        self.save(&mut state)?;
         Ok(found)
     }
 
@@ -196,8 +335,17 @@ impl TokenRegistry {
             ));
         }
         let digest = hash(token);
-        let entries = self.entries.read().expect("lock");
-        let entry = entries
+        self.refresh();
+        let state = self.state.read().expect("lock");
+        if state.broken.is_some() {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token-file-unusable",
+                "the server cannot read its token file, so it refuses every token until an operator fixes it",
+            ));
+        }
+        let entry = state
+            .entries
             .iter()
             .find(|e| e.sha256 == digest)
             .ok_or_else(|| unauthorized("unknown token"))?;

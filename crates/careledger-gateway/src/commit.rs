@@ -177,7 +177,8 @@ impl Dedup {
             for value in store.commit_metadata(t.as_str(), RECEIPTS_KEY).await? {
                 let receipts: Vec<Receipt> = serde_json::from_value(value).unwrap_or_default();
                 let mut keys = self.keys.lock().expect("lock");
-                for r in receipts {
+                // A masked key is not the sender's: that batch's retry is found by its `txn`.
+                for r in receipts.into_iter().filter(|r| !r.idempotency_key_redacted) {
                     if let Some(k) = &r.idempotency_key {
                         keys.insert((r.source.clone(), k.clone()), r.clone());
                     }
@@ -455,7 +456,8 @@ async fn try_commit_group(
         txns: txns.into_iter().collect(),
         metadata: vec![(
             RECEIPTS_KEY.to_string(),
-            serde_json::to_value(&receipts).expect("receipts serialize"),
+            serde_json::to_value(receipts.iter().map(Receipt::redacted).collect::<Vec<_>>())
+                .expect("receipts serialize"),
         )],
     };
     let commit_started = std::time::Instant::now();
@@ -519,7 +521,10 @@ fn stamp_ingested_at(
     RecordBatch::try_new(schema, columns)
 }
 
+/// The `batches` rows: the stored form of each receipt ([`Receipt::redacted`]).
 fn receipts_batch(receipts: &[Receipt]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let receipts: Vec<Receipt> = receipts.iter().map(Receipt::redacted).collect();
+    let receipts = receipts.as_slice();
     let n = receipts.len();
     let mut batch_id = StringBuilder::new();
     let mut table = StringBuilder::new();

@@ -12,7 +12,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use careledger_decode::{BodyFormat, decode};
-use careledger_model::{RowError, Table, ValidationContext, mask_id, validate_batch};
+use careledger_model::{
+    MAX_MESSAGE_CHARS, RowError, Table, ValidationContext, mask_id, redact_ids,
+    validate_batch_scoped,
+};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -165,6 +168,7 @@ pub async fn ingest(
         error_count: 0,
         errors: Vec::new(),
         idempotency_key: key.clone(),
+        idempotency_key_redacted: false,
         batch_seq: seq,
         seq_gap,
         table_version: None,
@@ -175,7 +179,7 @@ pub async fn ingest(
     let prepared = prepare(
         &state,
         table,
-        source,
+        (source, principal.scope.as_deref()),
         format,
         &bytes,
         &mut receipt,
@@ -240,11 +244,12 @@ type Prepared = (Vec<RecordBatch>, Option<RecordBatch>);
 
 /// Decodes and validates; fills the counts and errors of `receipt`. Works batch by batch and
 /// keeps only what the answer needs (the first errors, the rejects as compact Arrow rows), so
-/// memory stays proportional to the body even when every row has several errors.
+/// memory stays proportional to the body even when every row has several errors. `sender` is
+/// the token's source and region scope: a scoped source writes only rows inside its scope.
 fn prepare(
     state: &AppState,
     table: Table,
-    source: &str,
+    sender: (&str, Option<&str>),
     format: BodyFormat,
     bytes: &[u8],
     receipt: &mut Receipt,
@@ -257,9 +262,10 @@ fn prepare(
         &spec.wire_schema(),
         state.config.max_rows_per_body,
     )?;
+    let (source, scope) = sender;
     let ctx = ValidationContext {
         source,
-        today: Utc::now().date_naive(),
+        today: state.config.time_zone.today(),
         key: &state.key,
         batch_id: &receipt.batch_id,
         ingested_at: receipt.received_at,
@@ -269,7 +275,7 @@ fn prepare(
     let mut rejects: Vec<RecordBatch> = Vec::new();
     let mut first_row = 0;
     for batch in wire {
-        let v = validate_batch(spec, &batch, &ctx, first_row)
+        let v = validate_batch_scoped(spec, &batch, &ctx, first_row, scope)
             .map_err(|e| Problem::internal("validation", &e))?;
         receipt.rows_received += v.rows;
         receipt.rows_accepted += v.stored.num_rows();
@@ -325,7 +331,39 @@ fn prepare(
     Ok((stored, rejects))
 }
 
-/// The sent row as JSON, with the ID number masked.
+/// The most characters of one sent value that a reject row keeps.
+pub const MAX_RAW_VALUE_CHARS: usize = 256;
+
+/// The most characters of a reject row's joined messages.
+const MAX_REJECT_MESSAGES_CHARS: usize = 8 * MAX_MESSAGE_CHARS;
+
+/// `text` cut to `max` characters, with a note of its full length if cut.
+fn cut_noted(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((i, _)) => format!(
+            "{}…[cut: {} characters in all]",
+            &text[..i],
+            text.chars().count()
+        ),
+    }
+}
+
+/// A sent value as a reject row keeps it: ID-like runs masked, cut to [`MAX_RAW_VALUE_CHARS`].
+fn kept_value(v: &str) -> String {
+    let redacted = redact_ids(v);
+    match redacted.char_indices().nth(MAX_RAW_VALUE_CHARS) {
+        None => redacted.into_owned(),
+        Some((i, _)) => format!(
+            "{}…[cut: {} characters in all]",
+            &redacted[..i],
+            v.chars().count()
+        ),
+    }
+}
+
+/// The sent row as JSON, with the ID number masked (every value is screened and cut where the
+/// reject row is built, [`rejects_batch`]).
 fn raw_row(batch: &RecordBatch, i: usize) -> Map<String, Value> {
     let mut out = Map::new();
     for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
@@ -346,6 +384,8 @@ fn raw_row(batch: &RecordBatch, i: usize) -> Map<String, Value> {
     out
 }
 
+/// The `rejects` rows of a batch: the one place they are built, so every message and every
+/// sent value passes [`redact_ids`] here and is cut (a value to [`MAX_RAW_VALUE_CHARS`]).
 fn rejects_batch(
     rows: &[(usize, Vec<RowError>, Map<String, Value>)],
     receipt: &Receipt,
@@ -369,13 +409,23 @@ fn rejects_batch(
                 .collect::<Vec<_>>()
                 .join(","),
         );
-        messages.append_value(
-            errs.iter()
-                .map(|e| e.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        );
-        raw.append_value(Value::Object(obj.clone()).to_string());
+        let joined = errs
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        messages.append_value(cut_noted(&redact_ids(&joined), MAX_REJECT_MESSAGES_CHARS));
+        let screened: Map<String, Value> = obj
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => Value::String(kept_value(s)),
+                    other => Value::String(kept_value(&other.to_string())),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        raw.append_value(Value::Object(screened).to_string());
         at.append_value(receipt.received_at.timestamp_micros());
     }
     RecordBatch::try_new(

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod commit;
 pub mod disclosure;
 pub mod ingest;
+mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod output;
@@ -13,6 +14,7 @@ pub mod problem;
 pub mod query;
 pub mod receipt;
 pub mod serve;
+mod sql_guard;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +42,19 @@ pub struct GatewayConfig {
     pub max_rows_per_body: usize,
     /// The whole request, body upload included: past it the answer is a 408 problem.
     pub request_timeout: Duration,
+    /// A request body must arrive at least this fast on average, in bytes per second, once
+    /// `body_grace` has passed since the request began; a slower one gets a 408 problem and
+    /// the connection is closed (0: no minimum). Slow senders cannot hold connection slots.
+    pub min_body_rate: u64,
+    pub body_grace: Duration,
+    /// Requests one token may have in flight at once; past it, 429 with Retry-After before
+    /// the body is read, and the connection is closed (0: no cap).
+    pub max_in_flight_per_token: usize,
     pub commit: CommitConfig,
     pub query: QueryConfig,
+    /// The zone of every "day": a date in the future at ingest, a date-only `known_at`,
+    /// source health's days (default Asia/Shanghai).
+    pub time_zone: careledger_model::LocalZone,
 }
 
 impl Default for GatewayConfig {
@@ -50,8 +63,12 @@ impl Default for GatewayConfig {
             max_body_bytes: 64 * 1024 * 1024,
             max_rows_per_body: 1_000_000,
             request_timeout: Duration::from_secs(60),
+            min_body_rate: 1024,
+            body_grace: Duration::from_secs(2),
+            max_in_flight_per_token: 32,
             commit: CommitConfig::default(),
             query: QueryConfig::default(),
+            time_zone: careledger_model::LocalZone::default(),
         }
     }
 }
@@ -67,6 +84,10 @@ pub struct AppState {
     pub warehouse: Warehouse,
     pub query: QueryConfig,
     pub cache: query::ResultCache,
+    /// Slots for `POST /v1/sql` queries running at once (`QueryConfig::max_concurrent`).
+    pub sql_slots: Arc<tokio::sync::Semaphore>,
+    /// Disclosure control of dashboard answers (its noise secret derives from `key`).
+    pub publisher: disclosure::Publisher,
     pub metrics: Arc<metrics::Metrics>,
     pub audit_log: audit::AuditLog,
 }
@@ -84,9 +105,16 @@ impl AppState {
         let metrics = Arc::new(metrics::Metrics::default());
         let committer = Committer::start(store.clone(), dedup, config.commit, metrics.clone());
         let warehouse = Warehouse::new(store.clone(), RuleParams::default())
-            .with_memory_limit(config.query.memory_limit);
+            .with_memory_limit(config.query.memory_limit)
+            .with_cell_key_secret(key.derive_secret("publication record keys"))
+            .with_time_zone(config.time_zone);
+        let publisher = disclosure::Publisher::new(
+            config.query.disclosure_k,
+            key.derive_secret("publication noise"),
+        );
         let audit_log = audit::AuditLog::start(store.clone());
         let query = config.query.clone();
+        let sql_slots = Arc::new(tokio::sync::Semaphore::new(query.max_concurrent.max(1)));
         Ok(Arc::new(AppState {
             store,
             tokens,
@@ -96,6 +124,8 @@ impl AppState {
             warehouse,
             query,
             cache: query::ResultCache::default(),
+            sql_slots,
+            publisher,
             metrics,
             audit_log,
         }))
@@ -175,6 +205,7 @@ pub fn query_router(state: Arc<AppState>) -> Router {
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
     let timeout = state.config.request_timeout;
+    let state_for_limits = state.clone();
     let service: Router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -186,6 +217,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(query_router(state))
         .merge(service)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            limits::RequestLimits::new(state_for_limits),
+            limits::limit_request,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             timeout,
             request_deadline,

@@ -241,7 +241,7 @@ pub fn encode(
                 body["suppressed"] =
                     json!(s.cells.iter().map(|(r, c)| [*r, *c]).collect::<Vec<_>>());
                 body["disclosure"] = json!(
-                    "cells below the threshold, and complementary cells, are null and listed in `suppressed` as [row, column]"
+                    "counts carry a small consistent noise (cell-key method); counts below the threshold, and numbers derived from them, are null and listed in `suppressed` as [row, column]"
                 );
             }
             Ok(Bytes::from(body.to_string()))

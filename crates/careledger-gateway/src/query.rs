@@ -4,6 +4,7 @@
 //! query can name is already filtered to it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::audit::AuditEntry;
 use crate::auth::{Principal, Role};
-use crate::disclosure::suppress;
+use crate::disclosure::check_reference_periods;
 use crate::output::{Format, concat, encode};
 use crate::problem::Problem;
 
@@ -33,8 +34,11 @@ use crate::problem::Problem;
 #[derive(Debug, Clone)]
 pub struct QueryConfig {
     pub timeout: Duration,
-    /// Bytes of memory one query may hold (spilling where DataFusion can).
+    /// Bytes of memory all queries together may hold (one pool; spilling where DataFusion
+    /// can). It also sets the per-batch and per-value limits of user SQL (see `sql_guard`).
     pub memory_limit: usize,
+    /// `POST /v1/sql` queries running at once; past it, 503 with Retry-After.
+    pub max_concurrent: usize,
     pub json_row_cap: usize,
     /// Disclosure threshold k for dashboard output.
     pub disclosure_k: i64,
@@ -49,6 +53,7 @@ impl Default for QueryConfig {
         QueryConfig {
             timeout: Duration::from_secs(30),
             memory_limit: 2 << 30,
+            max_concurrent: 4,
             json_row_cap: 100_000,
             disclosure_k: 5,
             cache_entries: 64,
@@ -86,7 +91,10 @@ impl ResultCache {
 fn access_of(p: &Principal) -> Access {
     Access {
         scope: p.scope.clone(),
-        rejects: p.role == Role::Admin,
+        // Rejected rows cannot be attributed to a region: never for a scoped token, even an
+        // admin's (the warehouse enforces this too).
+        rejects: p.role == Role::Admin && p.scope.is_none(),
+        publication: p.role == Role::Dashboard,
     }
 }
 
@@ -108,6 +116,9 @@ fn query_problem(e: WarehouseError) -> Problem {
         WarehouseError::BadParam { name, message } => {
             Problem::bad_request("bad-parameter", format!("parameter {name}: {message}"))
         }
+        WarehouseError::OutOfScope { name, message } => {
+            Problem::bad_request("outside-scope", format!("parameter {name}: {message}"))
+        }
         WarehouseError::UnknownReport(n) => Problem::new(
             StatusCode::NOT_FOUND,
             "unknown-report",
@@ -120,6 +131,13 @@ fn query_problem(e: WarehouseError) -> Problem {
 
 fn datafusion_problem(e: DataFusionError) -> Problem {
     match e.find_root() {
+        DataFusionError::External(limit) if limit.is::<crate::sql_guard::QueryLimit>() => {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "query-limit",
+                format!("the query was stopped: {limit}"),
+            )
+        }
         DataFusionError::ResourcesExhausted(m) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "query-memory-limit",
@@ -211,9 +229,12 @@ fn respond(format: Format, body: Bytes, etag: Option<&str>) -> Response {
     resp
 }
 
-fn known_at_of(text: Option<&String>) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
+fn known_at_of(
+    state: &AppState,
+    text: Option<&String>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
     text.map(|t| {
-        reports::parse_instant(t).ok_or_else(|| {
+        reports::parse_instant(t, state.warehouse.zone()).ok_or_else(|| {
             Problem::bad_request(
                 "bad-parameter",
                 format!("known_at {t:?} is not an RFC 3339 instant or a date"),
@@ -223,30 +244,24 @@ fn known_at_of(text: Option<&String>) -> Result<Option<chrono::DateTime<chrono::
     .transpose()
 }
 
-/// Plans `df` and starts it, with every operator's output made cooperative: each batch it
-/// hands up spends the task's scheduling budget, so a long-running query yields to the
-/// runtime regularly and its timeout fires and aborts it on time. DataFusion makes only the
-/// leaves cooperative; an operator that emits many batches per input batch (a cross join: a
-/// billion rows from one probe batch) otherwise holds a worker thread for tens of seconds.
+/// Plans `df` and starts it, every operator guarded and made cooperative
+/// ([`crate::sql_guard::guard_plan`]): each batch an operator hands up is counted against the
+/// memory pool and cut to the batch budget, and spends the task's scheduling budget, so a
+/// long-running query yields to the runtime regularly and its timeout fires and aborts it on
+/// time. DataFusion makes only the leaves cooperative; an operator that emits many batches per
+/// input batch (a cross join: a billion rows from one probe batch) otherwise holds a worker
+/// thread for tens of seconds. `collect`: the result is to be held whole (counted until the
+/// stream ends).
 async fn execute(
     df: datafusion::dataframe::DataFrame,
+    limits: &crate::sql_guard::Limits,
+    collect: bool,
+    cancel: Arc<AtomicBool>,
 ) -> Result<datafusion::physical_plan::SendableRecordBatchStream, DataFusionError> {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
-    use datafusion::physical_plan::ExecutionPlan;
-    use datafusion::physical_plan::coop::CooperativeExec;
     let task = Arc::new(df.task_ctx());
+    let batch_rows = task.session_config().batch_size();
     let plan = df.create_physical_plan().await?;
-    let plan = plan
-        .transform_up(|node: Arc<dyn ExecutionPlan>| {
-            Ok(
-                if node.children().is_empty() || node.is::<CooperativeExec>() {
-                    Transformed::no(node)
-                } else {
-                    Transformed::yes(Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>)
-                },
-            )
-        })?
-        .data;
+    let plan = crate::sql_guard::guard_plan(plan, limits, batch_rows, collect, cancel)?;
     datafusion::physical_plan::execute_stream(plan, task)
 }
 
@@ -392,11 +407,74 @@ enum Want {
 
 enum Ran {
     Whole(SchemaRef, Vec<RecordBatch>),
-    Stream(datafusion::physical_plan::SendableRecordBatchStream),
+    /// The stream, and what the query holds until the stream is dropped.
+    Stream(
+        datafusion::physical_plan::SendableRecordBatchStream,
+        Running,
+    ),
 }
 
-/// Plans and runs `sql` on the query runtime, under the query timeout (planning included):
-/// at the deadline the task is aborted (at its next yield) and the answer is a 503 problem. A
+/// What a running SQL query holds until it ends: its slot among the queries running at once,
+/// and the watchdog of its deadline, which cancels the query's operators at the deadline
+/// even while its task is busy in a long step (see `sql_guard::guard_plan`). Dropping this
+/// ends the watchdog.
+struct Running {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _done: tokio::sync::oneshot::Sender<()>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Starts the watchdog (on the current runtime, not the query runtime it watches).
+    fn start(slot: tokio::sync::OwnedSemaphorePermit, deadline: tokio::time::Instant) -> Running {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (done, ended) = tokio::sync::oneshot::channel::<()>();
+        let flag = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => flag.store(true, Ordering::Relaxed),
+                _ = ended => {}
+            }
+        });
+        Running {
+            _slot: slot,
+            _done: done,
+            cancel,
+        }
+    }
+
+    /// Stops the query's operators at their next batch or join filter evaluation.
+    fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Takes one of the slots for SQL queries running at once (None: all taken).
+fn sql_slot(state: &AppState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    state.sql_slots.clone().try_acquire_owned().ok()
+}
+
+/// The answer when every slot is taken: 503 with Retry-After.
+fn too_many_queries(state: &AppState) -> Response {
+    let mut resp = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too-many-queries",
+        format!(
+            "{} SQL queries are running, the most the server runs at once; retry after the time in Retry-After",
+            state.query.max_concurrent
+        ),
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// Plans and runs `sql` on the query runtime, under the query timeout counted from `started`
+/// (planning included): at the deadline the task is aborted (at its next yield; the guards
+/// keep every step between yields short) and the answer is a 503 problem. The query holds
+/// `slot` until its task ends, even after an abort. What the query builds is bounded by
+/// [`crate::sql_guard`]: capped functions, batches counted against the shared memory pool. A
 /// result held whole is bounded too: past the row cap (JSON) or past the query memory limit
 /// in bytes, collecting stops with a problem instead of growing until the timeout.
 async fn run_sql(
@@ -405,12 +483,21 @@ async fn run_sql(
     sql: String,
     params: Vec<(String, ScalarValue)>,
     want: Want,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    started: Instant,
 ) -> Result<Ran, Problem> {
     use futures::StreamExt;
     let t = state.query.timeout;
+    let deadline = tokio::time::Instant::from_std(started + t);
     let byte_cap = state.query.memory_limit;
+    let limits = crate::sql_guard::Limits::for_memory(state.query.memory_limit);
+    let running = Running::start(slot, deadline);
+    let cancel = running.cancel.clone();
     let mut task = query_runtime().spawn(async move {
+        let running = running;
         check_shape(&sql)?;
+        let budget =
+            crate::sql_guard::install(&snap.ctx, &limits).map_err(datafusion_problem)?;
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -420,13 +507,18 @@ async fn run_sql(
             .sql_with_options(&sql, options)
             .await
             .map_err(datafusion_problem)?;
+        crate::sql_guard::check_logical(df.logical_plan(), &limits, &budget)
+            .map_err(datafusion_problem)?;
         if !params.is_empty() {
             df = df.with_param_values(params).map_err(datafusion_problem)?;
         }
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = execute(df).await.map_err(datafusion_problem)?;
+        let collect = matches!(want, Want::Whole(_));
+        let mut stream = execute(df, &limits, collect, running.cancel.clone())
+            .await
+            .map_err(datafusion_problem)?;
         let Want::Whole(row_cap) = want else {
-            return Ok(Ran::Stream(stream));
+            return Ok(Ran::Stream(stream, running));
         };
         let (mut rows, mut bytes, mut out) = (0usize, 0usize, Vec::new());
         while let Some(batch) = stream.next().await {
@@ -455,9 +547,13 @@ async fn run_sql(
         }
         Ok(Ran::Whole(schema, out))
     });
-    match tokio::time::timeout(t, &mut task).await {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        // The watchdog cancelled the query at the deadline a moment before this timeout:
+        // whatever its operators failed with, it ran out of time.
+        Ok(Ok(Err(_))) if cancel.load(Ordering::Relaxed) => Err(timeout_problem(t)),
         Ok(joined) => joined.map_err(|e| Problem::internal("the query task", &e))?,
         Err(_) => {
+            cancel.store(true, Ordering::Relaxed);
             task.abort();
             Err(timeout_problem(t))
         }
@@ -520,7 +616,10 @@ pub async fn sql(
             ),
         ));
     }
-    let known_at = known_at_of(req.known_at.as_ref())?;
+    let known_at = known_at_of(&state, req.known_at.as_ref())?;
+    let Some(slot) = sql_slot(&state) else {
+        return Ok(too_many_queries(&state));
+    };
     let outcome = async {
         let snap = state
             .warehouse
@@ -538,8 +637,8 @@ pub async fn sql(
             Format::Json => Want::Whole(Some(state.query.json_row_cap)),
             Format::Parquet => Want::Whole(None),
         };
-        match run_sql(&state, snap, req.sql.clone(), values, want).await? {
-            Ran::Stream(stream) => Ok::<_, Problem>(Answer::Stream(stream)),
+        match run_sql(&state, snap, req.sql.clone(), values, want, slot, started).await? {
+            Ran::Stream(stream, running) => Ok::<_, Problem>(Answer::Stream(stream, running)),
             Ran::Whole(schema, batches) => {
                 let batch = concat(&schema, &batches)?;
                 let bytes = encode(format, &batch, None, state.query.json_row_cap)?;
@@ -550,13 +649,14 @@ pub async fn sql(
     .await;
     let params_text = Some(json!(req.params).to_string());
     match outcome {
-        Ok(Answer::Stream(stream)) => Ok(stream_response(
+        Ok(Answer::Stream(stream, running)) => Ok(stream_response(
             state,
             p,
             req.sql,
             params_text,
             format,
             stream,
+            running,
             started,
         )),
         Ok(Answer::Whole(rows, bytes)) => {
@@ -589,11 +689,18 @@ pub async fn sql(
 /// A planned SQL answer: encoded whole (JSON, Parquet) or to be streamed (CSV, Arrow).
 enum Answer {
     Whole(usize, Bytes),
-    Stream(datafusion::physical_plan::SendableRecordBatchStream),
+    Stream(
+        datafusion::physical_plan::SendableRecordBatchStream,
+        Running,
+    ),
 }
 
-/// Streams a result as it is computed, under the query timeout; audits when it ends. An
-/// error after the first bytes can only cut the body short (the status is already sent).
+/// Streams a result as it is computed, under the query timeout (counted from `started`, so
+/// planning included); audits when it ends. An error after the first bytes can only cut the
+/// body short (the status is already sent). The query is cancelled and the stream and the
+/// query's slot dropped as soon as the stream ends, fails or passes the deadline, which stops
+/// the query's operators and the tasks they spawned.
+#[allow(clippy::too_many_arguments)]
 fn stream_response(
     state: Arc<AppState>,
     p: Principal,
@@ -601,11 +708,12 @@ fn stream_response(
     params: Option<String>,
     format: Format,
     mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    running: Running,
     started: Instant,
 ) -> Response {
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let deadline = tokio::time::Instant::now() + state.query.timeout;
+    let deadline = tokio::time::Instant::from_std(started + state.query.timeout);
     // Polled on the query runtime: the stream's operators run there, with its stacks.
     query_runtime().spawn(async move {
         let mut rows = 0usize;
@@ -626,6 +734,7 @@ fn stream_response(
                 let last = next.is_none();
                 let bytes = match next {
                     None => encoder.finish()?,
+                    Some(Err(_)) if running.cancel.load(Ordering::Relaxed) => return Err(late()),
                     Some(batch) => {
                         let batch = batch.map_err(datafusion_problem)?;
                         rows += batch.num_rows();
@@ -641,6 +750,9 @@ fn stream_response(
             }
         }
         .await;
+        running.cancel();
+        drop(stream);
+        drop(running);
         if let Err(e) = &result {
             // Cut the body with an error (not a clean end a client could take for the whole
             // result); waits for the client to read what is queued, within bounds.
@@ -702,8 +814,13 @@ pub async fn run_report(
         format_param.as_deref(),
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     )?;
-    reports::bind(spec, &params).map_err(query_problem)?;
-    known_at_of(params.get("known_at"))?;
+    reports::bind(spec, &params, state.warehouse.zone()).map_err(query_problem)?;
+    // Checked again where the report runs; here so a refusal comes before ETag and cache.
+    reports::scoped_params(spec, &params, &access_of(&p)).map_err(query_problem)?;
+    known_at_of(&state, params.get("known_at"))?;
+    if p.role == Role::Dashboard {
+        check_reference_periods(spec, &params)?;
+    }
 
     // The ETag names everything the answer depends on: report, parameters, who asks (role
     // and scope), the format, and the version of every table read.
@@ -750,7 +867,9 @@ pub async fn run_report(
         let warehouse_state = state.clone();
         let access = access_of(&p);
         let (report, report_params) = (name.clone(), params.clone());
-        let mut task = tokio::spawn(async move {
+        // On the query runtime: a report's long synchronous steps (deriving the status
+        // tables) hold one of its threads, not one serving HTTP.
+        let mut task = query_runtime().spawn(async move {
             warehouse_state
                 .warehouse
                 .run_report_with_schema(&report, &report_params, &access)
@@ -766,8 +885,14 @@ pub async fn run_report(
             }
         };
         let batch = concat(&schema, &batches)?;
-        let suppression =
-            (p.role == Role::Dashboard).then(|| suppress(&batch, state.query.disclosure_k));
+        let (batch, suppression) = if p.role == Role::Dashboard {
+            let (batch, s) = state
+                .publisher
+                .publish(spec, &params, p.scope.as_deref(), &batch)?;
+            (batch, Some(s))
+        } else {
+            (batch, None)
+        };
         let bytes = encode(
             format,
             &batch,
@@ -802,8 +927,15 @@ fn table_description(name: &str) -> &'static str {
         n if n.starts_with("raw_") => {
             "History: every stored version of the pushed table known at known_at."
         }
-        "batches" => "One row per acknowledged batch: the receipt (who sent what, when).",
-        "rejects" => "Rows refused in non-atomic batches, ID numbers masked (operators only).",
+        "batches" => {
+            "One row per acknowledged batch: the receipt (who sent what, when). For a region-scoped token: the batches holding rows of women in scope, rows_accepted counting those rows, and NULL for what cannot be split by region (receipt, rows received and rejected, idempotency key, Batch-Seq, table version)."
+        }
+        "rejects" => {
+            "Rows refused in non-atomic batches, ID numbers masked (unscoped admins only)."
+        }
+        "access" => {
+            "One row: what this caller's SQL sees: scope (region code prefix, NULL = all of Guangxi) and whether rejects is readable."
+        }
         "people" => "One row per woman with a women record (the most recently ingested wins).",
         "status_episodes" => {
             "Her stays in the ledger [start_date, end_date) derived by the status rule, with entry and exit reasons."

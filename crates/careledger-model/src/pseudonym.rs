@@ -37,6 +37,17 @@ impl PseudonymKey {
         PseudonymKey::new(&bytes)
     }
 
+    /// A secret for another purpose, derived from this one (HMAC-SHA256 of the purpose's
+    /// name), so that one operator secret serves several keyed functions without any of them
+    /// revealing another's key.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(b"careledger derived secret: ");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// The stable pseudonym of a person: 32 hex digits (128 bits) of HMAC-SHA256.
     /// The same ID under the same key always gives the same key; another key gives another.
     pub fn person_key(&self, id: &ResidentId) -> String {

@@ -5,6 +5,7 @@
 //! is a [`RowError`] with a 1-based row number, the field, a stable code `field.problem` and a
 //! message a clerk can act on. Rows with any error are left out of the stored batch.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::codes::vocabulary;
 use crate::pseudonym::PseudonymKey;
 use crate::region::{RegionLevel, regions};
-use crate::resident_id::ResidentId;
+use crate::resident_id::{ResidentId, contains_id_like, redact_ids};
 use crate::schema::{FieldKind, FieldSpec, Table, TableSpec};
 
 /// One problem with one row.
@@ -63,9 +64,27 @@ struct Problems {
     offset: usize,
 }
 
+/// The longest message a [`RowError`] carries, in characters (longer ones are cut, with `…`).
+pub const MAX_MESSAGE_CHARS: usize = 500;
+
+/// `text` cut to at most `max` characters, ending in `…` if cut.
+fn cut(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some((i, _)) => Cow::Owned(format!("{}…", &text[..i])),
+    }
+}
+
 impl Problems {
+    /// The one place a [`RowError`] is made: its message passes [`redact_ids`] and is cut to
+    /// [`MAX_MESSAGE_CHARS`], so no message can carry an ID number or grow with a sent value.
     fn add(&mut self, row: usize, field: &str, problem: &str, message: String) {
         self.ok[row] = false;
+        let message = match redact_ids(&message) {
+            Cow::Borrowed(_) => message,
+            Cow::Owned(m) => m,
+        };
+        let message = cut(&message, MAX_MESSAGE_CHARS).into_owned();
         self.list.push(RowError {
             row: self.offset + row + 1,
             field: field.to_string(),
@@ -94,14 +113,35 @@ pub fn from_epoch_days(days: i32) -> NaiveDate {
     NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::TimeDelta::days(days.into())
 }
 
-/// At most 40 characters of a sent value, with `…` if cut: how a message echoes it, so that a
-/// huge cell cannot make every error about it huge too.
+/// At most 40 characters of a sent value, with `…` if cut, and ID-like runs masked: how a
+/// message echoes it, so that a huge cell cannot make every error about it huge too. Masked
+/// before it is cut, so that a cut cannot leave a piece of an ID too short to be recognised.
 fn shown(v: &str) -> String {
-    const MAX: usize = 40;
-    match v.char_indices().nth(MAX) {
-        None => v.to_string(),
-        Some((i, _)) => format!("{}…", &v[..i]),
-    }
+    cut(&redact_ids(v), 40).into_owned()
+}
+
+/// A character `record_id` may not hold: a control character (CR, LF, tab, …) or an invisible
+/// one (zero-width, bidirectional override).
+fn forbidden_in_id(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+        )
+}
+
+/// The row error for a value that holds what looks like a resident ID number, in a field other
+/// than `id_number`. Such a row is never stored.
+fn personal_id(p: &mut Problems, i: usize, name: &str, v: &str) {
+    p.add(
+        i,
+        name,
+        "personal_id",
+        format!(
+            "{name} holds what looks like a resident ID number ({}); an ID number may be sent only in id_number, and is never stored",
+            shown(v)
+        ),
+    );
 }
 
 /// Cell text: trimmed, with empty cells as missing (CSV has no other null).
@@ -155,6 +195,21 @@ pub fn validate_batch(
     batch: &RecordBatch,
     ctx: &ValidationContext<'_>,
     first_row: usize,
+) -> Result<ValidatedBatch, ArrowError> {
+    validate_batch_scoped(spec, batch, ctx, first_row, None)
+}
+
+/// [`validate_batch`] for a sender limited to a region: with `scope` (a region code prefix,
+/// from the token), every row must carry a `region_code` inside it, retractions included
+/// (`region_code.required`, `region_code.out_of_scope`); rows of a table without
+/// `region_code` are refused (`source.out_of_scope`), and so is every row if the scope is not
+/// a region code prefix.
+pub fn validate_batch_scoped(
+    spec: &TableSpec,
+    batch: &RecordBatch,
+    ctx: &ValidationContext<'_>,
+    first_row: usize,
+    scope: Option<&str>,
 ) -> Result<ValidatedBatch, ArrowError> {
     let n = batch.num_rows();
     let mut p = Problems {
@@ -251,6 +306,11 @@ pub fn validate_batch(
                         out.push(None);
                         continue;
                     };
+                    if contains_id_like(v) {
+                        personal_id(&mut p, i, name, v);
+                        out.push(None);
+                        continue;
+                    }
                     match v.parse::<i64>() {
                         Err(_) => {
                             p.add(
@@ -466,6 +526,28 @@ pub fn validate_batch(
                         out.push(None);
                         continue;
                     };
+                    if name == "record_id"
+                        && let Some((at, c)) =
+                            v.chars().enumerate().find(|&(_, c)| forbidden_in_id(c))
+                    {
+                        p.add(
+                            i,
+                            name,
+                            "control_character",
+                            format!(
+                                "record_id holds the control or invisible character U+{:04X} at character {}; a record ID is printable text on one line",
+                                u32::from(c),
+                                at + 1
+                            ),
+                        );
+                        out.push(None);
+                        continue;
+                    }
+                    if contains_id_like(v) {
+                        personal_id(&mut p, i, name, v);
+                        out.push(None);
+                        continue;
+                    }
                     let len = v.chars().count();
                     if len < *min_len || max_len.is_some_and(|m| len > m) {
                         p.add(
@@ -487,6 +569,9 @@ pub fn validate_batch(
         }
     }
 
+    if let Some(scope) = scope {
+        scope_rule(spec, text_col("region_code"), &is_delete, scope, &mut p);
+    }
     cross_field_rules(spec.table, &parsed, &is_delete, &mut p);
 
     let mut columns: Vec<ArrayRef> = Vec::new();
@@ -527,6 +612,77 @@ pub fn validate_batch(
         errors,
         rejected,
     })
+}
+
+/// A scoped sender's rows must each name a region inside the scope (see
+/// [`validate_batch_scoped`]).
+fn scope_rule(
+    spec: &TableSpec,
+    region: Option<&StringArray>,
+    is_delete: &[bool],
+    scope: &str,
+    p: &mut Problems,
+) {
+    let valid_scope =
+        !scope.is_empty() && scope.len() <= 12 && scope.bytes().all(|b| b.is_ascii_digit());
+    let region_field = spec.field("region_code");
+    for (i, &delete) in is_delete.iter().enumerate() {
+        if !valid_scope {
+            p.add(
+                i,
+                "source",
+                "out_of_scope",
+                format!(
+                    "this token's scope {:?} is not a region code prefix, so it may write nothing; ask an administrator for a new token",
+                    shown(scope)
+                ),
+            );
+            continue;
+        }
+        let Some(field) = region_field else {
+            p.add(
+                i,
+                "source",
+                "out_of_scope",
+                format!(
+                    "a token scoped to {scope} may write only rows whose region_code is inside its scope; {} rows have no region_code, so send them with a token without a scope",
+                    spec.table
+                ),
+            );
+            continue;
+        };
+        match cell(region, i) {
+            None => {
+                // A missing region an upsert needs anyway is already an error.
+                if !(field.required_always || field.required_for_upsert && !delete) {
+                    p.add(
+                        i,
+                        "region_code",
+                        "required",
+                        format!(
+                            "region_code is required on every row from a token scoped to {scope}, retractions included"
+                        ),
+                    );
+                }
+            }
+            Some(v)
+                if v.len() == 12
+                    && v.bytes().all(|b| b.is_ascii_digit())
+                    && !v.starts_with(scope) =>
+            {
+                p.add(
+                    i,
+                    "region_code",
+                    "out_of_scope",
+                    format!(
+                        "region_code {v} is outside this token's scope {scope}; a scoped source may write only records of its own region"
+                    ),
+                );
+            }
+            // Inside the scope, or a malformed code already refused.
+            Some(_) => {}
+        }
+    }
 }
 
 fn texts<'a, 'b>(parsed: &'b HashMap<&str, Parsed<'a>>, name: &str) -> &'b [Option<&'a str>] {

@@ -596,7 +596,7 @@ pub(crate) fn live(world: &World, rng: &mut StdRng, sink: &mut Sink<'_>) -> Pers
         .collect();
     let woman = Woman {
         base_region: Some(&village.code),
-        initially_married: married_at_start,
+        marital_status: Some(marital),
         birth_date: Some(birth),
         events: &model_events,
     };

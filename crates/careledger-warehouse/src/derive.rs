@@ -221,10 +221,10 @@ pub(crate) async fn derive(ctx: &SessionContext, params: &RuleParams) -> Result<
             r_to.append_option(to.map(days));
             r_region.append_option(region.as_deref());
         }
-        let initially_married = rec.marital.as_deref().is_none_or(|m| m.starts_with('2'));
+        // The record's marital code as it is: the rule reads it (docs/status-rule.md).
         let woman = Woman {
             base_region: rec.region.as_deref(),
-            initially_married,
+            marital_status: rec.marital.as_deref(),
             birth_date: rec.birth,
             events: evs,
         };

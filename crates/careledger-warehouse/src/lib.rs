@@ -11,16 +11,23 @@
 //! - `people`, `status_episodes`, `residence`, `ledger_runs`: derived (see [`derive`]).
 //! - `group_episodes`: priority-group memberships as `[valid_from, valid_until)`.
 //! - `regions`, `region_levels`, `codes`, `calendar_months`: reference data.
+//! - `access`: one row, what the snapshot shows: `scope` (the region code prefix, NULL for the
+//!   whole province) and `rejects` (whether `rejects` can be read).
+//!
+//! A scoped snapshot ([`Access`]) holds, under every one of these names, only what concerns
+//! women who ever lived in the scope: see `apply_scope`.
 
 pub mod derive;
+mod local_days;
+pub mod publish;
 mod reference;
 pub mod reports;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use careledger_model::Table;
 use careledger_model::status::RuleParams;
+use careledger_model::{LocalZone, RegionLevel, Table};
 use careledger_store::{BATCHES, REJECTS, Store, StoreError};
 use chrono::{DateTime, Utc};
 use datafusion::common::ScalarValue;
@@ -43,6 +50,10 @@ pub enum WarehouseError {
     UnknownReport(String),
     #[error("parameter {name}: {message}")]
     BadParam { name: String, message: String },
+    /// A report parameter asks for more than the region scope allows (a level above the
+    /// scope, a region outside it).
+    #[error("parameter {name}: {message}")]
+    OutOfScope { name: String, message: String },
 }
 
 pub type Result<T, E = WarehouseError> = std::result::Result<T, E>;
@@ -60,8 +71,12 @@ struct DerivedKey {
 pub struct Access {
     /// Region code prefix: only women who ever lived there, and regions inside it.
     pub scope: Option<String>,
-    /// The `rejects` table (raw rows, IDs masked) is for operators only.
+    /// The `rejects` table (raw rows, IDs masked) is for operators only, and never shown in a
+    /// scoped snapshot (a rejected row cannot be attributed to a region), whatever this says.
     pub rejects: bool,
+    /// For publication (dashboards): `cell_key()` gives real record keys, and report answers
+    /// keep their cell-key columns for the publication layer to perturb and then drop.
+    pub publication: bool,
 }
 
 impl Access {
@@ -70,8 +85,30 @@ impl Access {
         Access {
             scope: None,
             rejects: true,
+            publication: false,
         }
     }
+
+    /// The region levels a report may be asked about with this access, from the top down.
+    pub fn levels(&self) -> Vec<RegionLevel> {
+        self.scope
+            .as_deref()
+            .map_or_else(|| RegionLevel::ALL.to_vec(), scope_levels)
+    }
+}
+
+/// The levels a region scope (a code prefix of `n` digits) may be asked about: those whose
+/// regions are named by at least `n` digits (province 2, city 4, county 6, township 9,
+/// village 12), because only such a region lies wholly inside or wholly outside the scope. A
+/// county scope (`450123`) gets county, township and village; a city scope (`4501`) city and
+/// below. A prefix of another length covers part of a region of the level above it, so it
+/// counts as the next level down: `45012` (some counties of 南宁) gets county and below, since
+/// a figure for the city 4501 would count women outside it.
+pub fn scope_levels(scope: &str) -> Vec<RegionLevel> {
+    RegionLevel::ALL
+        .into_iter()
+        .filter(|l| l.prefix_len() >= scope.len())
+        .collect()
 }
 
 /// Tables whose rows belong to one woman (`person_key`): filtered by scope.
@@ -97,11 +134,16 @@ const PERSON_TABLES: [&str; 14] = [
 pub struct Warehouse {
     store: Arc<Store>,
     rule: RuleParams,
-    /// Bound on the memory a query may hold before it spills or fails.
-    memory_limit: Option<usize>,
+    /// The memory every query of this warehouse draws on, together: one pool, so that
+    /// queries at once cannot multiply the limit (None: unbounded).
+    memory_pool: Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>>,
     /// The most recently used derived tables, newest last (a few: a revisions report reads
     /// two instants).
     cache: Mutex<Vec<(DerivedKey, Arc<Derived>)>>,
+    /// Secret of the record keys behind publication's cell keys (see [`publish`]).
+    cell_key_secret: Option<[u8; 32]>,
+    /// The zone of every "day" (a date-only instant, source health's lags and periods).
+    zone: LocalZone,
 }
 
 /// How many derived snapshots are kept.
@@ -110,6 +152,8 @@ const DERIVED_CACHE: usize = 4;
 /// One consistent view of the warehouse at `known_at`.
 pub struct Snapshot {
     pub ctx: SessionContext,
+    /// The zone report parameters are read in.
+    pub zone: LocalZone,
     pub known_at: Option<DateTime<Utc>>,
     /// Delta version of every table read.
     pub versions: BTreeMap<String, u64>,
@@ -129,7 +173,9 @@ impl std::fmt::Debug for Snapshot {
 }
 
 /// Replaces every person-level table by its rows for women who ever lived inside `scope`,
-/// and `ledger_runs` by its runs inside `scope`.
+/// `ledger_runs` by its runs in regions inside `scope` (at the levels of [`scope_levels`]: a
+/// region above the scope holds women outside it), and `batches` by the batches that hold rows
+/// of those women, showing only what can be attributed to them. Drops `rejects`.
 async fn apply_scope(ctx: &SessionContext, scope: &str) -> Result<()> {
     if scope.is_empty() || scope.len() > 12 || !scope.bytes().all(|b| b.is_ascii_digit()) {
         return Err(WarehouseError::BadParam {
@@ -152,8 +198,16 @@ async fn apply_scope(ctx: &SessionContext, scope: &str) -> Result<()> {
             .await?;
         views.push((name.to_string(), df.into_view()));
     }
+    // The level names are the model's own identifiers, not caller input.
+    let levels: Vec<String> = scope_levels(scope)
+        .iter()
+        .map(|l| format!("'{}'", l.as_str()))
+        .collect();
     let runs = ctx
-        .sql("SELECT * FROM ledger_runs WHERE starts_with(region_code, $scope)")
+        .sql(&format!(
+            "SELECT * FROM ledger_runs WHERE starts_with(region_code, $scope) AND level IN ({})",
+            levels.join(", ")
+        ))
         .await?
         .with_param_values(vec![("scope", prefix)])?;
     views.push(("ledger_runs".to_string(), runs.into_view()));
@@ -161,8 +215,66 @@ async fn apply_scope(ctx: &SessionContext, scope: &str) -> Result<()> {
         ctx.deregister_table(name.as_str())?;
         ctx.register_table(name.as_str(), view)?;
     }
+    // On the scoped history just registered: a batch is shown if it holds a row of a woman in
+    // scope, rows_accepted counts those rows. What describes the whole batch (the receipt
+    // with its row errors, rows received and rejected, the sender's idempotency key and
+    // sequence number, the table version counting every commit) cannot be split by region:
+    // NULL. The columns are listed, so a column added to `batches` stays out until chosen.
+    let held: Vec<String> = Table::ALL
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT '{0}' AS table_name, batch_id FROM raw_{0}",
+                t.as_str()
+            )
+        })
+        .collect();
+    let batches = ctx
+        .sql(&format!(
+            "WITH held AS (SELECT table_name, batch_id, count(*) AS n FROM ({}) h \
+             GROUP BY table_name, batch_id) \
+             SELECT b.batch_id, b.table_name, b.source, \
+             CAST(NULL AS VARCHAR) AS idempotency_key, CAST(NULL AS BIGINT) AS batch_seq, \
+             b.format, b.atomic, CAST(NULL AS BIGINT) AS rows_received, \
+             held.n AS rows_accepted, CAST(NULL AS BIGINT) AS rows_rejected, \
+             CAST(NULL AS BIGINT) AS table_version, b.received_at, b.committed_at, \
+             CAST(NULL AS VARCHAR) AS receipt \
+             FROM {BATCHES} b JOIN held \
+             ON held.batch_id = b.batch_id AND held.table_name = b.table_name",
+            held.join(" UNION ALL ")
+        ))
+        .await?
+        .into_view();
+    ctx.deregister_table(BATCHES)?;
+    ctx.register_table(BATCHES, batches)?;
+    ctx.deregister_table(REJECTS)?;
     ctx.deregister_table("scope_persons_")?;
     Ok(())
+}
+
+/// The one-row `access` table: what a snapshot shows (`scope`, NULL for the whole province;
+/// `rejects`), so SQL and reports can tell a scoped answer from a whole one.
+fn access_table(
+    scope: Option<&str>,
+    rejects: bool,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("scope", DataType::Utf8, true),
+        Field::new("rejects", DataType::Boolean, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![scope])) as ArrayRef,
+            Arc::new(BooleanArray::from(vec![rejects])),
+        ],
+    )?;
+    Ok(Arc::new(datafusion::datasource::MemTable::try_new(
+        schema,
+        vec![vec![batch]],
+    )?))
 }
 
 fn quote(name: &str) -> String {
@@ -174,16 +286,43 @@ impl Warehouse {
         Warehouse {
             store,
             rule,
-            memory_limit: None,
+            memory_pool: None,
             cache: Mutex::new(Vec::new()),
+            cell_key_secret: None,
+            zone: LocalZone::default(),
         }
     }
 
-    /// Bounds the memory of every query (DataFusion spills sorts and aggregations, or fails
-    /// the query with a resources-exhausted error).
-    pub fn with_memory_limit(mut self, bytes: usize) -> Warehouse {
-        self.memory_limit = Some(bytes);
+    /// The time zone of every "day" (default Asia/Shanghai).
+    pub fn with_time_zone(mut self, zone: LocalZone) -> Warehouse {
+        self.zone = zone;
         self
+    }
+
+    pub fn zone(&self) -> &LocalZone {
+        &self.zone
+    }
+
+    /// The secret of publication's record keys; without one, publication snapshots are
+    /// refused.
+    pub fn with_cell_key_secret(mut self, secret: [u8; 32]) -> Warehouse {
+        self.cell_key_secret = Some(secret);
+        self
+    }
+
+    /// Bounds the memory of all queries together (DataFusion spills sorts and aggregations,
+    /// or fails the query with a resources-exhausted error): every snapshot's session draws on
+    /// one pool of `bytes`, so queries at once share the limit instead of each having it.
+    pub fn with_memory_limit(mut self, bytes: usize) -> Warehouse {
+        self.memory_pool = Some(Arc::new(
+            datafusion::execution::memory_pool::FairSpillPool::new(bytes),
+        ));
+        self
+    }
+
+    /// The pool every query of this warehouse draws on (None: no memory limit).
+    pub fn memory_pool(&self) -> Option<&Arc<dyn datafusion::execution::memory_pool::MemoryPool>> {
+        self.memory_pool.as_ref()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -210,8 +349,8 @@ impl Warehouse {
             .with_target_partitions(2)
             .with_information_schema(true);
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
-        if let Some(limit) = self.memory_limit {
-            runtime = runtime.with_memory_limit(limit, 1.0);
+        if let Some(pool) = &self.memory_pool {
+            runtime = runtime.with_memory_pool(pool.clone());
         }
         let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
         let mut versions = BTreeMap::new();
@@ -266,6 +405,18 @@ impl Warehouse {
             .await?;
         ctx.register_table(REJECTS, bind(rejects)?.into_view())?;
         reference::register_reference(&ctx)?;
+        if access.publication && self.cell_key_secret.is_none() {
+            return Err(WarehouseError::BadParam {
+                name: "publication".into(),
+                message: "this warehouse has no cell-key secret, so it cannot publish".into(),
+            });
+        }
+        for udf in local_days::udfs(self.zone) {
+            ctx.register_udf(udf);
+        }
+        ctx.register_udf(publish::cell_key_udf(
+            self.cell_key_secret.filter(|_| access.publication),
+        ));
 
         let key = DerivedKey {
             versions: versions.clone(),
@@ -308,14 +459,17 @@ impl Warehouse {
         for name in &names {
             ctx.deregister_table(format!("delta_{name}"))?;
         }
-        if !access.rejects {
+        let rejects = access.rejects && access.scope.is_none();
+        if !rejects {
             ctx.deregister_table(REJECTS)?;
         }
         if let Some(scope) = &access.scope {
             apply_scope(&ctx, scope).await?;
         }
+        ctx.register_table("access", access_table(access.scope.as_deref(), rejects)?)?;
         Ok(Snapshot {
             ctx,
+            zone: self.zone,
             known_at,
             versions,
             derived,

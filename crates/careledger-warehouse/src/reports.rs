@@ -9,18 +9,26 @@
 //! -- description: …
 //! -- param: as_of date 2024-12-31 | what it is
 //! -- param: level text county {province,city,county,township,village} | …
-//! -- compose: stock           (revisions only: run that report at two instants)
+//! -- compose: stock coverage_by_measure   (revisions only: run those reports at two
+//!                                          instants, as tables frozen_<name>, current_<name>)
+//! -- publish: labels region_code month reason=exit_reasons   (how dashboards get it,
+//! -- publish: rate coverage = women_served / women_in_ledger  see crate::publish)
 //! ```
+//!
+//! A count column `x` may have a companion `x__ck` (the sum of `cell_key(person_key)` over
+//! the women it counts): kept in answers for publication only, dropped from all others.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use arrow_array::RecordBatch;
+use careledger_model::LocalZone;
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use serde::Serialize;
 
+use crate::publish::{CELL_KEY_SUFFIX, PublishSpec};
 use crate::{Access, Result, Snapshot, Warehouse, WarehouseError};
 
 /// A parameter's type.
@@ -56,6 +64,8 @@ pub struct ReportSpec {
     pub compose: Option<String>,
     /// `analyst` for case lists (one row per woman): never shown to dashboards.
     pub audience: Option<String>,
+    /// How dashboards get it (`-- publish:` lines); a report without them is not published.
+    pub publish: Option<PublishSpec>,
     #[serde(skip)]
     pub sql: String,
 }
@@ -85,6 +95,7 @@ const QUERY_FILES: &[(&str, &str)] = query_files!(
 fn parse_report(file: &str, text: &str) -> std::result::Result<ReportSpec, String> {
     let mut fields: HashMap<&str, String> = HashMap::new();
     let mut params = Vec::new();
+    let mut publish: Option<PublishSpec> = None;
     let mut sql = String::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("-- ").filter(|_| sql.is_empty()) else {
@@ -96,7 +107,11 @@ fn parse_report(file: &str, text: &str) -> std::result::Result<ReportSpec, Strin
             continue;
         };
         let value = value.trim();
-        if key == "param" {
+        if key == "publish" {
+            publish
+                .get_or_insert_with(PublishSpec::default)
+                .add_line(value)?;
+        } else if key == "param" {
             let (decl, description) = value.split_once('|').unwrap_or((value, ""));
             let mut words = decl.split_whitespace();
             let name = words.next().ok_or("param without a name")?.to_string();
@@ -151,6 +166,7 @@ fn parse_report(file: &str, text: &str) -> std::result::Result<ReportSpec, Strin
         params,
         compose: fields.get("compose").cloned(),
         audience: fields.get("audience").cloned(),
+        publish,
         sql: sql.trim().to_string(),
     })
 }
@@ -181,7 +197,7 @@ fn bad(name: &str, message: impl Into<String>) -> WarehouseError {
 }
 
 /// Parses a parameter value given as text.
-pub fn parse_value(p: &ParamSpec, text: &str) -> Result<ScalarValue> {
+pub fn parse_value(p: &ParamSpec, text: &str, zone: &LocalZone) -> Result<ScalarValue> {
     match p.kind {
         ParamKind::Date => {
             let d = NaiveDate::parse_from_str(text, "%Y-%m-%d")
@@ -193,7 +209,7 @@ pub fn parse_value(p: &ParamSpec, text: &str) -> Result<ScalarValue> {
             .map(|v| ScalarValue::Int64(Some(v)))
             .map_err(|_| bad(&p.name, format!("{text:?} is not an integer"))),
         ParamKind::Timestamp => {
-            let t = parse_instant(text)
+            let t = parse_instant(text, zone)
                 .ok_or_else(|| bad(&p.name, format!("{text:?} is not an RFC 3339 instant")))?;
             Ok(ScalarValue::TimestampMicrosecond(
                 Some(t.timestamp_micros()),
@@ -212,16 +228,64 @@ pub fn parse_value(p: &ParamSpec, text: &str) -> Result<ScalarValue> {
     }
 }
 
-/// An instant: RFC 3339, or a date (its start, UTC).
-pub fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .ok()
-        .or_else(|| {
-            NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                .ok()
-                .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+/// An instant: RFC 3339, or a date (the start of that day in the configured zone).
+pub fn parse_instant(text: &str, zone: &LocalZone) -> Option<DateTime<Utc>> {
+    zone.parse_instant(text)
+}
+
+/// The parameters of `spec` as a region-scoped `access` may ask them (unchanged without a
+/// scope). A `level` above the scope is refused: its regions hold women outside the scope,
+/// whose rows the scoped snapshot does not have, so the figure would be wrong (see
+/// [`crate::scope_levels`] for the rule). A `region` prefix that contains the scope is
+/// narrowed to the scope, and one outside it is refused, so every row of a scoped answer is a
+/// region inside the scope.
+pub fn scoped_params(
+    spec: &ReportSpec,
+    given: &HashMap<String, String>,
+    access: &Access,
+) -> Result<HashMap<String, String>> {
+    let mut out = given.clone();
+    let Some(scope) = access.scope.as_deref() else {
+        return Ok(out);
+    };
+    let value = |name: &str| {
+        given.get(name).cloned().or_else(|| {
+            spec.params
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.default.clone())
         })
+    };
+    let declares = |name: &str| spec.params.iter().any(|p| p.name == name);
+    if declares("level") {
+        let allowed = crate::scope_levels(scope);
+        let asked = value("level").and_then(|l| careledger_model::RegionLevel::parse(&l));
+        if let Some(level) = asked.filter(|l| !allowed.contains(l)) {
+            let names: Vec<&str> = allowed.iter().map(|l| l.as_str()).collect();
+            return Err(WarehouseError::OutOfScope {
+                name: "level".into(),
+                message: format!(
+                    "level {} is above this token's region scope {scope} (a {} scope): its figures would count women outside the scope. This token may ask for level {}",
+                    level.as_str(),
+                    names.first().copied().unwrap_or("village"),
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+    if let Some(region) = value("region").filter(|_| declares("region")) {
+        if scope.starts_with(region.as_str()) {
+            out.insert("region".into(), scope.to_string());
+        } else if !region.starts_with(scope) {
+            return Err(WarehouseError::OutOfScope {
+                name: "region".into(),
+                message: format!(
+                    "region {region} is outside this token's region scope {scope}; ask for {scope} or a region inside it"
+                ),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Binds the declared parameters from `given` (text values), with defaults; refuses unknown
@@ -229,6 +293,7 @@ pub fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
 pub fn bind(
     spec: &ReportSpec,
     given: &HashMap<String, String>,
+    zone: &LocalZone,
 ) -> Result<Vec<(String, ScalarValue)>> {
     for k in given.keys() {
         if k != "known_at" && !spec.params.iter().any(|p| &p.name == k) {
@@ -254,7 +319,7 @@ pub fn bind(
                 .get(&p.name)
                 .or(p.default.as_ref())
                 .ok_or_else(|| bad(&p.name, "is required"))?;
-            Ok((p.name.clone(), parse_value(p, text)?))
+            Ok((p.name.clone(), parse_value(p, text, zone)?))
         })
         .collect()
 }
@@ -266,7 +331,9 @@ impl Snapshot {
         spec: &ReportSpec,
         given: &HashMap<String, String>,
     ) -> Result<Vec<RecordBatch>> {
-        Ok(self.report_frame(spec, given).await?.collect().await?)
+        Ok(without_cell_keys(self.report_frame(spec, given).await?)?
+            .collect()
+            .await?)
     }
 
     /// The planned report, parameters bound, not yet run.
@@ -275,7 +342,7 @@ impl Snapshot {
         spec: &ReportSpec,
         given: &HashMap<String, String>,
     ) -> Result<DataFrame> {
-        let values = bind(spec, given)?;
+        let values = bind(spec, given, &self.zone)?;
         Ok(self.ctx.sql(&spec.sql).await?.with_param_values(values)?)
     }
 }
@@ -310,10 +377,12 @@ impl Warehouse {
         access: &Access,
     ) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>)> {
         let spec = find(name)?;
+        let scoped = scoped_params(spec, given, access)?;
+        let given = &scoped;
         let known_at = given
             .get("known_at")
             .map(|t| {
-                parse_instant(t).ok_or_else(|| {
+                parse_instant(t, &self.zone).ok_or_else(|| {
                     bad(
                         "known_at",
                         format!("{t:?} is not an RFC 3339 instant or a date"),
@@ -321,54 +390,93 @@ impl Warehouse {
                 })
             })
             .transpose()?;
-        if let Some(inner) = &spec.compose {
-            return self.run_revisions(spec, inner, given, access).await;
-        }
-        let snapshot = self.snapshot_as(known_at, access).await?;
-        collect_with_schema(snapshot.report_frame(spec, given).await?).await
+        let df = if let Some(inner) = &spec.compose {
+            self.revisions_frame(spec, inner, given, access).await?
+        } else {
+            let snapshot = self.snapshot_as(known_at, access).await?;
+            snapshot.report_frame(spec, given).await?
+        };
+        collect_with_schema(if access.publication {
+            df
+        } else {
+            without_cell_keys(df)?
+        })
+        .await
     }
 
     /// `revisions`: the inner report at `frozen_at` and now, joined by the SQL of the
     /// revisions file over the two results (`frozen`, `current`).
-    async fn run_revisions(
+    async fn revisions_frame(
         &self,
         spec: &ReportSpec,
         inner: &str,
         given: &HashMap<String, String>,
         access: &Access,
-    ) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>)> {
-        let inner_spec = find(inner)?;
-        bind(spec, given)?; // refuses unknown or malformed parameters
-        let frozen_text = given
-            .get("frozen_at")
-            .or(spec
+    ) -> Result<DataFrame> {
+        bind(spec, given, &self.zone)?; // refuses unknown or malformed parameters
+        let instant = |name: &str| -> Result<Option<DateTime<Utc>>> {
+            let text = given.get(name).or(spec
                 .params
                 .iter()
-                .find(|p| p.name == "frozen_at")
-                .and_then(|p| p.default.as_ref()))
-            .ok_or_else(|| bad("frozen_at", "is required"))?;
-        let frozen_at = parse_instant(frozen_text)
-            .ok_or_else(|| bad("frozen_at", format!("{frozen_text:?} is not an instant")))?;
-        let mut inner_params: HashMap<String, String> = given
-            .iter()
-            .filter(|(k, _)| inner_spec.params.iter().any(|p| &p.name == *k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        inner_params.remove("known_at");
-        let ctx = datafusion::prelude::SessionContext::new();
-        for (name, at) in [("frozen", Some(frozen_at)), ("current", None)] {
-            let df = self
-                .snapshot_as(at, access)
-                .await?
-                .report_frame(inner_spec, &inner_params)
-                .await?;
-            let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await?;
-            let t = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
-            ctx.register_table(name, std::sync::Arc::new(t))?;
+                .find(|p| p.name == name)
+                .and_then(|p| p.default.as_ref()));
+            text.map(|t| {
+                parse_instant(t, &self.zone)
+                    .ok_or_else(|| bad(name, format!("{t:?} is not an instant")))
+            })
+            .transpose()
+        };
+        let frozen_at = instant("frozen_at")?.ok_or_else(|| bad("frozen_at", "is required"))?;
+        // The later instant: `known_at`, or now.
+        let later = instant("known_at")?;
+        if later.is_some_and(|t| t < frozen_at) {
+            return Err(bad("known_at", "must not be before frozen_at"));
         }
-        collect_with_schema(ctx.sql(&spec.sql).await?).await
+        let ctx = datafusion::prelude::SessionContext::new();
+        for (prefix, at) in [("frozen", Some(frozen_at)), ("current", later)] {
+            let snapshot = self.snapshot_as(at, access).await?;
+            for inner_name in inner.split_whitespace() {
+                let inner_spec = find(inner_name)?;
+                let inner_params: HashMap<String, String> = given
+                    .iter()
+                    .filter(|(k, _)| inner_spec.params.iter().any(|p| &p.name == *k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .chain(
+                        // The composed reports' parameters that revisions declares, with
+                        // revisions' defaults when not given.
+                        spec.params
+                            .iter()
+                            .filter(|p| !given.contains_key(&p.name))
+                            .filter(|p| inner_spec.params.iter().any(|q| q.name == p.name))
+                            .filter_map(|p| Some((p.name.clone(), p.default.clone()?))),
+                    )
+                    .collect();
+                let df = snapshot.report_frame(inner_spec, &inner_params).await?;
+                let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await?;
+                let t = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+                ctx.register_table(format!("{prefix}_{inner_name}"), std::sync::Arc::new(t))?;
+            }
+        }
+        Ok(ctx.sql(&spec.sql).await?)
     }
+}
+
+/// The answer without its cell-key columns. The projection goes on top of the plan, so the
+/// optimiser drops the aggregates that computed them and the order of the rows stays.
+pub fn without_cell_keys(df: DataFrame) -> Result<DataFrame> {
+    let keep: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| !n.ends_with(CELL_KEY_SUFFIX))
+        .collect();
+    if keep.len() == df.schema().fields().len() {
+        return Ok(df);
+    }
+    let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+    Ok(df.select_columns(&keep)?)
 }
 
 async fn collect_with_schema(df: DataFrame) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>)> {

@@ -28,7 +28,7 @@ pub(crate) struct Target {
     )]
     pub(crate) server: String,
     /// Bearer token (analyst or admin for SQL; dashboards may run reports).
-    #[arg(long, env = "CARELEDGER_TOKEN")]
+    #[arg(long, env = "CARELEDGER_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// Read a local store directly instead of asking a server (read-only, and with full
     /// access: whoever can read the directory can read everything in it).
@@ -115,7 +115,8 @@ impl Backend {
                 .await
                 .with_context(|| format!("opening store {location}"))?;
             return Ok(Backend::Local {
-                warehouse: Warehouse::new(Arc::new(store), RuleParams::default()),
+                warehouse: Warehouse::new(Arc::new(store), RuleParams::default())
+                    .with_time_zone(crate::configured_zone()?),
             });
         }
         let Some(token) = target.token.clone() else {
@@ -157,7 +158,7 @@ impl Backend {
             Backend::Local { warehouse } => {
                 let known_at = known_at
                     .map(|t| {
-                        parse_instant(t).with_context(|| {
+                        parse_instant(t, warehouse.zone()).with_context(|| {
                             format!("known_at {t:?} is not an RFC 3339 instant or a date")
                         })
                     })

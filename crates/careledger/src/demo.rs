@@ -49,7 +49,11 @@ async fn push(
     }
 }
 
-pub(crate) async fn run(args: DemoArgs) -> Result<()> {
+pub(crate) async fn run(mut args: DemoArgs) -> Result<()> {
+    // The demo's pushes, `in_flight` at once, may all be one source's: let them all in.
+    if args.serve.max_in_flight_per_token != 0 {
+        args.serve.max_in_flight_per_token = args.serve.max_in_flight_per_token.max(args.in_flight);
+    }
     let running = start(&args.serve).await?;
     running.announce();
     let base = format!("http://{}", running.addr);

@@ -111,15 +111,33 @@ struct ServeArgs {
     /// Connections served at once (more wait to be accepted).
     #[arg(long, env = "CARELEDGER_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Bytes per second a request body must average once the grace period has passed (a
+    /// slower one gets 408 and the connection is closed); 0 turns the minimum off.
+    #[arg(long, env = "CARELEDGER_MIN_BODY_RATE", default_value_t = 1024)]
+    min_body_rate: u64,
+    /// Seconds from the start of a request before the minimum body rate applies.
+    #[arg(long, env = "CARELEDGER_BODY_GRACE_S", default_value_t = 2)]
+    body_grace_s: u64,
+    /// Requests one token may have in flight at once (past it, 429 with Retry-After); 0: no cap.
+    #[arg(long, env = "CARELEDGER_MAX_IN_FLIGHT_PER_TOKEN", default_value_t = 32)]
+    max_in_flight_per_token: usize,
     /// Report answers kept for repeated requests (by ETag); 0 computes every request.
     #[arg(long, env = "CARELEDGER_REPORT_CACHE_ENTRIES", default_value_t = 64)]
     report_cache_entries: usize,
-    /// Memory one query (and the snapshot it builds) may use, in MiB; past it, 503.
+    /// Memory all queries together (and the snapshots they build) may use, in MiB; past it,
+    /// 503. One user SQL batch may hold an eighth of it (8 to 256 MiB).
     #[arg(long, env = "CARELEDGER_QUERY_MEMORY_MIB", default_value_t = 2048)]
     query_memory_mib: usize,
     /// Seconds one query (and the snapshot it builds) may run; past it, 503.
     #[arg(long, env = "CARELEDGER_QUERY_TIMEOUT_S", default_value_t = 30)]
     query_timeout_s: u64,
+    /// SQL queries (`POST /v1/sql`) run at once; past it, 503 with Retry-After.
+    #[arg(long, env = "CARELEDGER_MAX_QUERIES", default_value_t = 4)]
+    max_queries: usize,
+    /// The IANA time zone of every "day": future dates at ingest, a date-only known_at,
+    /// source health's lags and frozen periods.
+    #[arg(long, env = "CARELEDGER_TIME_ZONE", default_value = careledger_model::LocalZone::DEFAULT)]
+    time_zone: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -158,6 +176,7 @@ enum TokenAction {
 }
 
 fn main() -> Result<()> {
+    private_umask();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -236,9 +255,14 @@ struct ServeFile {
     request_timeout_s: Option<u64>,
     header_timeout_s: Option<u64>,
     max_connections: Option<usize>,
+    min_body_rate: Option<u64>,
+    body_grace_s: Option<u64>,
+    max_in_flight_per_token: Option<usize>,
     report_cache_entries: Option<usize>,
     query_memory_mib: Option<usize>,
     query_timeout_s: Option<u64>,
+    max_queries: Option<usize>,
+    time_zone: Option<String>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from `--config`.
@@ -283,6 +307,18 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     if let Some(v) = file.max_connections.filter(|_| unset("max_connections")) {
         args.max_connections = v;
     }
+    if let Some(v) = file.min_body_rate.filter(|_| unset("min_body_rate")) {
+        args.min_body_rate = v;
+    }
+    if let Some(v) = file.body_grace_s.filter(|_| unset("body_grace_s")) {
+        args.body_grace_s = v;
+    }
+    if let Some(v) = file
+        .max_in_flight_per_token
+        .filter(|_| unset("max_in_flight_per_token"))
+    {
+        args.max_in_flight_per_token = v;
+    }
     if let Some(v) = file
         .report_cache_entries
         .filter(|_| unset("report_cache_entries"))
@@ -295,10 +331,27 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     if let Some(v) = file.query_timeout_s.filter(|_| unset("query_timeout_s")) {
         args.query_timeout_s = v;
     }
+    if let Some(v) = file.max_queries.filter(|_| unset("max_queries")) {
+        args.max_queries = v;
+    }
+    if let Some(v) = file.time_zone.filter(|_| unset("time_zone")) {
+        args.time_zone = v;
+    }
     Ok(())
 }
 
-/// `--expires`: an RFC 3339 instant, a date (its start, UTC), or `N d` days from now.
+/// The zone of every "day" outside `serve` (token expiry dates, a local store's date-only
+/// known_at): `CARELEDGER_TIME_ZONE`, Asia/Shanghai by default.
+pub(crate) fn configured_zone() -> Result<careledger_model::LocalZone> {
+    let name = std::env::var("CARELEDGER_TIME_ZONE")
+        .unwrap_or_else(|_| careledger_model::LocalZone::DEFAULT.to_string());
+    careledger_model::LocalZone::parse(&name)
+        .map_err(anyhow::Error::msg)
+        .context("CARELEDGER_TIME_ZONE")
+}
+
+/// `--expires`: an RFC 3339 instant, a date (the start of that day in the configured zone), or
+/// `N d` days from now.
 fn parse_expiry(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
     if let Some(days) = text
         .strip_suffix('d')
@@ -312,7 +365,7 @@ fn parse_expiry(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
         return Ok(t.with_timezone(&chrono::Utc));
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+        return Ok(configured_zone()?.start_of(d));
     }
     bail!("--expires {text:?}: give an RFC 3339 instant, a date (2027-01-01) or days (90d)")
 }
@@ -339,6 +392,41 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, contents: &str) -> Result<()> {
     std::fs::write(path, contents)?;
+    Ok(())
+}
+
+/// Everything this process creates is its user's alone (files 0600, directories 0700), whatever
+/// the umask it was started with: the store holds pseudonymised person-level data, the state
+/// directory the pseudonym secret and the tokens. A stricter umask is kept.
+#[cfg(unix)]
+fn private_umask() {
+    use rustix::fs::Mode;
+    use rustix::process::umask;
+    let old = umask(Mode::from_raw_mode(0o077));
+    umask(old | Mode::from_raw_mode(0o077));
+}
+
+#[cfg(not(unix))]
+fn private_umask() {}
+
+/// Creates `dir` and its missing parents with mode 0700; warns if an existing one is open to
+/// other users.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = %format_args!("{:o}", mode & 0o777), "this directory is open to other users; `chmod 700` it");
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(())
 }
 
@@ -397,8 +485,13 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         }
         None => PathBuf::from(args.store.strip_prefix("file://").unwrap_or(&args.store)),
     };
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
+    create_private_dir(&state_dir)?;
+    // A local store's directory too (Store::open would create it with the umask alone).
+    if !args.store.contains("://") || args.store.starts_with("file://") {
+        create_private_dir(Path::new(
+            args.store.strip_prefix("file://").unwrap_or(&args.store),
+        ))?;
+    }
     let key = load_or_create_key(&state_dir)?;
     let tokens = Arc::new(TokenRegistry::load(&state_dir.join("tokens.json"))?);
     let initial = ensure_initial_tokens(&tokens, &state_dir)?;
@@ -410,6 +503,9 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
     let config = GatewayConfig {
         max_body_bytes: args.max_body_mib * 1024 * 1024,
         request_timeout: Duration::from_secs(args.request_timeout_s.max(1)),
+        min_body_rate: args.min_body_rate,
+        body_grace: Duration::from_secs(args.body_grace_s),
+        max_in_flight_per_token: args.max_in_flight_per_token,
         commit: CommitConfig {
             window: Duration::from_millis(args.commit_window_ms),
             ..CommitConfig::default()
@@ -418,8 +514,12 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
             cache_entries: args.report_cache_entries,
             memory_limit: args.query_memory_mib.max(1) * 1024 * 1024,
             timeout: Duration::from_secs(args.query_timeout_s.max(1)),
+            max_concurrent: args.max_queries.max(1),
             ..Default::default()
         },
+        time_zone: careledger_model::LocalZone::parse(&args.time_zone)
+            .map_err(anyhow::Error::msg)
+            .context("--time-zone")?,
         ..GatewayConfig::default()
     };
     let state = AppState::start(store.clone(), tokens.clone(), key, config).await?;
@@ -484,7 +584,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 fn token(action: TokenAction, state_dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(state_dir)?;
+    create_private_dir(state_dir)?;
     let tokens = TokenRegistry::load(&state_dir.join("tokens.json"))?;
     match action {
         TokenAction::Create {
@@ -503,13 +603,16 @@ fn token(action: TokenAction, state_dir: &Path) -> Result<()> {
             );
         }
         TokenAction::List => {
+            let zone = configured_zone()?;
             for t in tokens.list() {
                 let state = if t.revoked {
                     "revoked".to_string()
                 } else {
                     match t.expires_at {
-                        Some(e) if e <= chrono::Utc::now() => format!("expired {e}"),
-                        Some(e) => format!("active until {e}"),
+                        Some(e) if e <= chrono::Utc::now() => {
+                            format!("expired {}", zone.display(e))
+                        }
+                        Some(e) => format!("active until {}", zone.display(e)),
                         None => "active".to_string(),
                     }
                 };

@@ -29,7 +29,7 @@ pub(crate) struct PushArgs {
     )]
     server: String,
     /// The source's bearer token (role source:<id>).
-    #[arg(long, env = "CARELEDGER_TOKEN")]
+    #[arg(long, env = "CARELEDGER_TOKEN", hide_env_values = true)]
     token: String,
     /// Rows per request.
     #[arg(long, default_value_t = 5000)]

@@ -2,14 +2,17 @@
 //! temporary directory, real commits read back from the Parquet files.
 
 mod auth;
+mod disclosure;
 mod formats;
 mod hostile;
 mod idempotency;
 mod ingest;
 mod query;
 mod s3;
+mod scope;
 mod serve;
 mod sql_abuse;
+mod time_zone;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -382,8 +382,14 @@ async fn a_dashboard_cannot_run_sql_and_gets_suppressed_cells() {
     .await;
     assert_eq!(s, StatusCode::OK);
     let v = json_of(&body);
-    // 隆安 8 women, 上林 3: the 3 is below k = 5; so is its column's complement (8), and
-    // every count of the 上林 row (age bands etc.) is small.
+    // Every county of Guangxi has a row (a missing row would say "zero").
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 111, "{v}");
+    let row = |code: &str| {
+        rows.iter()
+            .position(|r| r[0] == code)
+            .unwrap_or_else(|| panic!("{code} in {v}"))
+    };
     let suppressed: Vec<(usize, usize)> = v["suppressed"]
         .as_array()
         .unwrap()
@@ -395,14 +401,53 @@ async fn a_dashboard_cannot_run_sql_and_gets_suppressed_cells() {
             )
         })
         .collect();
-    assert!(suppressed.contains(&(1, 2)), "{v}");
-    assert!(v["rows"][1][2].is_null());
+    // 上林 has 3 women, below k = 5: hidden, and so is every county with none.
+    let shanglin = row("450125000000");
+    assert!(suppressed.contains(&(shanglin, 2)), "{v}");
+    assert!(rows[shanglin][2].is_null());
     assert!(
-        suppressed.contains(&(0, 2)),
-        "complementary cell in the column: {v}"
+        rows[row("450126000000")][2].is_null(),
+        "an empty county: {v}"
     );
-    assert!(v["rows"][0][2].is_null());
-    assert_eq!(v["rows"][0][1], "隆安县", "labels stay visible");
+    assert_eq!(
+        rows[row("450123000000")][1],
+        "隆安县",
+        "labels stay visible"
+    );
+    // 隆安's 8 is published with the noise of its cell key: the same in every request.
+    let longan = rows[row("450123000000")][2].clone();
+    let (_, _, again) = get(
+        &h,
+        &t["dash"],
+        "/v1/reports/stock?as_of=2024-06-30&level=county&region=4501",
+        &[],
+    )
+    .await;
+    let again = json_of(&again);
+    let again_row = again["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == "450123000000")
+        .unwrap();
+    assert_eq!(again_row[2], longan, "{again}");
+    // A day that is not a month's last is refused (daily steps would date single exits).
+    let (s, headers, body) = get(
+        &h,
+        &t["dash"],
+        "/v1/reports/stock?as_of=2024-06-29&level=county",
+        &[],
+    )
+    .await;
+    assert_problem(&headers, &json_of(&body), StatusCode::BAD_REQUEST, s);
+    assert_eq!(
+        json_of(&body)["type"]
+            .as_str()
+            .map(|t| t.ends_with("reference-period")),
+        Some(true),
+        "{}",
+        json_of(&body)
+    );
     // The analyst sees the exact figures.
     let (_, _, body) = get(
         &h,

@@ -267,3 +267,150 @@ async fn a_whole_result_over_the_memory_limit_is_refused() {
         assert!(v["detail"].as_str().unwrap().contains("\"sql\""), "{v}");
     }
 }
+
+/// The probe of issue 13, in process: each query once built a value or a result without
+/// bound (2 GB strings, a doubling recursive CTE, a two-billion-element list, a string_agg
+/// over an endless series, a row copied into every row of a cross join) until the process
+/// aborted. Each is now refused before or as the value passes a limit, well before the
+/// timeout, with a problem naming the function or operator and the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_past_the_limits_are_refused_promptly_naming_the_limit() {
+    let (h, t) = seeded(config(Duration::from_secs(20), 512 << 20)).await;
+    let tok = &t["admin"];
+    let limit = StatusCode::UNPROCESSABLE_ENTITY;
+    let cases: Vec<(&str, StatusCode, &str, &str)> = vec![
+        (
+            "SELECT max(length(s)) FROM (SELECT repeat('x', 2000000000) AS s) t",
+            limit,
+            "query-limit",
+            "repeat() would build a value of 2000000000 bytes",
+        ),
+        (
+            "WITH RECURSIVE t(n, s) AS (SELECT 1, 'x' UNION ALL SELECT n+1, s || s FROM t WHERE n < 40) SELECT max(length(s)) FROM t",
+            limit,
+            "query-limit",
+            "one row holds",
+        ),
+        (
+            "SELECT count(*) FROM (SELECT unnest(range(1, 2000000000)) AS v) u",
+            limit,
+            "query-limit",
+            "range() would build a list of 1999999999 elements",
+        ),
+        (
+            "SELECT length(string_agg(repeat('x', 1000), ',')) FROM generate_series(1, 2000000000)",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "query-memory-limit",
+            "more memory",
+        ),
+        (
+            "SELECT length(a.s) FROM (SELECT repeat('x', 16000000) AS s) a CROSS JOIN generate_series(1, 100000) b",
+            limit,
+            "query-limit",
+            "copies each row",
+        ),
+        (
+            "SELECT length(string_agg(CAST(value AS VARCHAR), ',') OVER ()) FROM generate_series(1, 100000)",
+            limit,
+            "query-limit",
+            "string_agg() cannot be a window function",
+        ),
+        (
+            "SELECT max(length(a)) FROM (SELECT array_to_string(range(1, 1000000), repeat(' ', 1000000)) AS a) t",
+            limit,
+            "query-limit",
+            "array_to_string() would build",
+        ),
+        (
+            "SELECT arrow_cast(NULL, 'FixedSizeBinary(2000000000)') AS x FROM generate_series(1, 10)",
+            limit,
+            "query-limit",
+            "for every row",
+        ),
+        (
+            "SELECT levenshtein(repeat('a', 100000), repeat('b', 100000)) AS d",
+            limit,
+            "query-limit",
+            "pairs of characters",
+        ),
+    ];
+    for (q, status, slug, needle) in cases {
+        let started = std::time::Instant::now();
+        let (s, headers, body) = sql(&h, tok, q, "json").await;
+        let took = started.elapsed();
+        let v = json_of(&body);
+        assert_problem(&headers, &v, status, s);
+        assert!(
+            v["type"].as_str().unwrap().ends_with(slug),
+            "{q}: {v} should be {slug}"
+        );
+        let detail = v["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(needle),
+            "{q}: {detail:?} should name {needle:?}"
+        );
+        assert!(
+            took < Duration::from_secs(15),
+            "{q}: answered after {took:?}, not before the 20 s timeout"
+        );
+        still_answers(&h, tok, q).await;
+    }
+    let (s, _, body) = call(&h, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!((s, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    // What they counted is given back: the shared pool is empty again.
+    let pool = h
+        .state
+        .warehouse
+        .memory_pool()
+        .expect("a memory limit is set");
+    assert_eq!(
+        pool.reserved(),
+        0,
+        "memory still reserved after the queries"
+    );
+}
+
+/// Queries beyond `max_concurrent` are refused with 503 and Retry-After instead of each
+/// taking the memory limit; the slot comes back when the client of a streamed answer leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_past_the_concurrency_limit_get_503_with_retry_after() {
+    let mut c = config(Duration::from_secs(10), 512 << 20);
+    c.query.max_concurrent = 1;
+    let (h, t) = seeded(c).await;
+    let tok = &t["admin"];
+    // A streamed cross join holds the one slot while its client reads slowly.
+    let req = Request::post("/v1/sql?format=csv")
+        .header("authorization", format!("Bearer {tok}"))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"sql": "SELECT a.value, b.value FROM generate_series(1, 1000000) a CROSS JOIN generate_series(1, 1000000) b"}).to_string(),
+        ))
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(h.app.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (s, headers, body) = sql(&h, tok, "SELECT 1 AS x", "json").await;
+    let v = json_of(&body);
+    assert_problem(&headers, &v, StatusCode::SERVICE_UNAVAILABLE, s);
+    assert!(
+        v["type"].as_str().unwrap().ends_with("too-many-queries"),
+        "{v}"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    // The client goes away: the query stops and its slot is free again.
+    drop(resp);
+    let started = std::time::Instant::now();
+    loop {
+        let (s, _, body) = sql(&h, tok, "SELECT 1 AS x", "json").await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the slot was not given back: {}",
+            json_of(&body)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,8 +1,10 @@
 //! Integration tests of the model crate: one binary, one module per area.
 
+mod privacy;
 mod pseudonym;
 mod status_cases;
 mod status_props;
+mod status_reference;
 mod validation;
 
 use chrono::NaiveDate;

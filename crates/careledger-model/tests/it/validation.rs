@@ -11,17 +11,17 @@ use serde_json::{Value, json};
 
 use crate::{TOWN, VILLAGE_A, d};
 
-fn key() -> PseudonymKey {
+pub(crate) fn key() -> PseudonymKey {
     PseudonymKey::new(b"validation-test-secret").unwrap()
 }
 
-fn woman_id() -> String {
+pub(crate) fn woman_id() -> String {
     ResidentId::synthesize("450123", d("1988-06-01"), 122)
         .as_str()
         .to_string()
 }
 
-fn base(table: Table) -> Value {
+pub(crate) fn base(table: Table) -> Value {
     let common = json!({"source": "civil_affairs", "record_id": "r-1", "record_version": 1, "op": "upsert", "id_number": woman_id()});
     let extra = match table {
         Table::Women => {
@@ -47,7 +47,7 @@ fn base(table: Table) -> Value {
     row
 }
 
-fn run(table: Table, rows: &[Value]) -> ValidatedBatch {
+pub(crate) fn run(table: Table, rows: &[Value]) -> ValidatedBatch {
     let spec = table.spec();
     let body: String = rows.iter().map(|r| format!("{r}\n")).collect();
     let mut reader = arrow_json::ReaderBuilder::new(spec.wire_schema())

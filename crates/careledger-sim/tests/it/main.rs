@@ -452,13 +452,13 @@ fn a_third_of_300_women_have_an_absence_of_six_months() {
 fn the_ledger_looks_like_a_ledger() {
     let (config, batches) = guangxi();
     let women = current(batches, Table::Women);
-    let mut base: HashMap<&str, (&str, bool)> = HashMap::new();
+    let mut base: HashMap<&str, (&str, Option<&str>)> = HashMap::new();
     for w in &women {
         base.insert(
             field(w, "id_number").expect("id"),
             (
                 field(w, "region_code").expect("region"),
-                field(w, "marital_status").is_none_or(|m| m.starts_with('2')),
+                field(w, "marital_status"),
             ),
         );
     }
@@ -488,11 +488,11 @@ fn the_ledger_looks_like_a_ledger() {
     let mut episodes = 0;
     let mut stock_end = 0;
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-    for (id, (region, married)) in &base {
+    for (id, (region, marital)) in &base {
         let evs = events.get(id).cloned().unwrap_or_default();
         let w = Woman {
             base_region: Some(region),
-            initially_married: *married,
+            marital_status: *marital,
             birth_date: None,
             events: &evs,
         };

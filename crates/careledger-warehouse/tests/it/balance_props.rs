@@ -1,5 +1,12 @@
 //! The balance identity Stock(to-1) - Stock(from-1) = Entries - Exits holds for every region,
 //! at every level, for every month, over random histories committed to a real store.
+//!
+//! What this can catch: the balance report's four counts disagreeing on their day boundaries
+//! (stock on the eve of `from` and of `to`, entries and exits in `[from, to)`). It cannot catch
+//! a wrong derivation: any set of runs with start <= end satisfies the identity by algebra.
+//! Whether the runs and episodes are right is checked by `derive_props` (runs tile episodes,
+//! stock from runs = episodes joined with residence, children sum to parents) and by the
+//! model's `status_reference` (the rule against a day-by-day second implementation).
 
 use std::collections::HashMap;
 

@@ -135,3 +135,9 @@ pub(crate) fn labels(ledger: &Ledger) -> HashMap<String, String> {
 pub(crate) fn two_counties() -> Ledger {
     parse(include_str!("../../../../tests/ledger/two_counties.ledger"))
 }
+
+/// The ledger file `name` of `tests/ledger/`.
+pub(crate) fn named(name: &str) -> Ledger {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/ledger/").to_string() + name;
+    parse(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
+}

@@ -1,7 +1,11 @@
 //! Warehouse tests: the hand-made ledger under sqllogictest files, the balance identity over
-//! random histories, and frozen `known_at` answers.
+//! random histories, frozen `known_at` answers, and region scopes.
 
 mod balance_props;
+mod derive_props;
 mod known_at;
 mod ledger;
+mod local_days;
+mod publish;
+mod scope;
 mod slt;

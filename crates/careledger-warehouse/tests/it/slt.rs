@@ -11,6 +11,9 @@
 //! A query without `REPORT` is SQL on the current snapshot. Every `person_key` value in the
 //! output is shown as the ledger's label (A, B, …); the table `persons(label, person_key)` is
 //! there for joins.
+//!
+//! A file runs on `tests/ledger/two_counties.ledger` unless a line `# ledger: NAME` names
+//! another file of `tests/ledger/`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -172,13 +175,21 @@ async fn run_record(
     df.collect().await.map_err(|e| e.to_string())
 }
 
+/// The ledger a `.slt` file runs on: its `# ledger: NAME` line, else two_counties.ledger.
+fn ledger_name(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("# ledger:"))
+        .map_or_else(
+            || "two_counties.ledger".to_string(),
+            |n| n.trim().to_string(),
+        )
+}
+
 #[tokio::test]
 async fn hand_made_ledger_matches_the_worked_expectations() {
-    let ledger = ledger::two_counties();
-    let labels = ledger::labels(&ledger);
-    let dir = tempfile::tempdir().unwrap();
-    let store = ledger::load(dir.path(), &ledger).await;
-    let wh = Warehouse::new(store, RuleParams::default());
+    // One store and warehouse per ledger file, loaded on first use.
+    let mut loaded: HashMap<String, (Warehouse, HashMap<String, String>, tempfile::TempDir)> =
+        HashMap::new();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/slt");
     let mut files: Vec<_> = std::fs::read_dir(root)
         .unwrap()
@@ -191,6 +202,16 @@ async fn hand_made_ledger_matches_the_worked_expectations() {
     let mut checked = 0;
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
+        let name = ledger_name(&text);
+        if !loaded.contains_key(&name) {
+            let ledger = ledger::named(&name);
+            let labels = ledger::labels(&ledger);
+            let dir = tempfile::tempdir().unwrap();
+            let store = ledger::load(dir.path(), &ledger).await;
+            let wh = Warehouse::new(store, RuleParams::default());
+            loaded.insert(name.clone(), (wh, labels, dir));
+        }
+        let (wh, labels, _) = &loaded[&name];
         for rec in parse_slt(&text) {
             checked += 1;
             let place = format!(
@@ -198,10 +219,10 @@ async fn hand_made_ledger_matches_the_worked_expectations() {
                 file.file_name().unwrap().to_string_lossy(),
                 rec.line
             );
-            match run_record(&wh, &rec, &labels).await {
+            match run_record(wh, &rec, labels).await {
                 Err(e) => failures.push(format!("{place}: {e}\n  query: {}", rec.query)),
                 Ok(batches) => {
-                    let (width, mut rows) = render(&batches, &labels);
+                    let (width, mut rows) = render(&batches, labels);
                     let mut expected = rec.expected.clone();
                     if rec.rowsort {
                         rows.sort();

@@ -3,7 +3,10 @@
 use std::process::Command;
 
 mod crash;
+mod privacy;
 mod push_sql;
+mod sql_limits;
+mod tokens;
 
 /// The `N` of "… N rows accepted …" in a push summary (`demo` and `push` print one).
 pub(crate) fn rows_accepted(summary: &str) -> usize {
@@ -131,7 +134,8 @@ fn token_create_list_revoke() {
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&list.stdout).contains("temp\tdashboard\t\texpired 2020-01-01"),
+        String::from_utf8_lossy(&list.stdout)
+            .contains("temp\tdashboard\t\texpired 2020-01-01 00:00:00 +08:00"),
         "{}",
         String::from_utf8_lossy(&list.stdout)
     );
@@ -179,16 +183,23 @@ impl Server {
     }
 
     pub(crate) fn start_with(dir: &std::path::Path, extra: &[&str]) -> Server {
+        let mut command = careledger();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra);
+        Server::spawn(dir, command)
+    }
+
+    /// Runs `command` (a `serve`, perhaps wrapped) in `dir` and waits for its address.
+    pub(crate) fn spawn(dir: &std::path::Path, mut command: Command) -> Server {
         use std::io::{BufRead, BufReader};
         use std::process::Stdio;
         // The server's log, kept beside the store for a failing test to show.
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::fs::File::create(dir.join(format!("server-{n}.log"))).unwrap();
-        let mut child = careledger()
+        let mut child = command
             .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -57,7 +57,8 @@ fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain(
     let admin = server.token("admin");
 
     // 30 valid women and 2 invalid ones (bad check digit on file line 12, unknown village on
-    // line 25) in CSV; one name holds a quoted comma and a quoted newline.
+    // line 25) in CSV; one record ID holds a quoted comma, and a code a quoted line break (a
+    // spreadsheet cell's; trimmed: a record ID may hold no line break).
     let mut csv = String::from(
         "source,record_id,record_version,op,id_number,region_code,ethnicity,marital_status\n",
     );
@@ -69,16 +70,16 @@ fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain(
             25 => (id(n), "450123999999".to_string()),
             _ => (id(n), VILLAGE.to_string()),
         };
-        let record = if n == 3 {
-            "\"w-3, \nsecond line\"".to_string()
+        let (record, ethnicity) = if n == 3 {
+            ("\"w-3, quoted\"".to_string(), "\"01\n\"")
         } else {
-            format!("w-{n}")
+            (format!("w-{n}"), "01")
         };
         if n == 3 {
             line += 1;
         }
         csv.push_str(&format!(
-            "civil_affairs,{record},1,upsert,{idn},{village},01,20\n"
+            "civil_affairs,{record},1,upsert,{idn},{village},{ethnicity},20\n"
         ));
     }
     let csv_path = dir.path().join("women.csv");
