@@ -13,7 +13,9 @@ use arrow_schema::SchemaRef;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::{DECODE_BATCH_BYTES, DECODE_BATCH_ROWS, DecodeError, known_fields, shown};
+use crate::{
+    DECODE_BATCH_BYTES, DECODE_BATCH_ROWS, DecodeError, Decoded, RecordFault, known_fields, shown,
+};
 
 /// Why a row was refused, beyond JSON syntax. Kept beside serde's error, which only carries a
 /// position for these.
@@ -24,6 +26,10 @@ enum Fault {
     Nested(usize),
     Nul(usize),
     BadString(usize, String),
+    /// NDJSON: the line is not JSON (serde's message, which quotes no sent value).
+    Syntax(String),
+    /// NDJSON: the line is JSON but not an object.
+    NotObject,
     TooManyRows,
     Arrow(String),
 }
@@ -40,7 +46,13 @@ struct Columns<'w, 'de> {
     rows: usize,
     max_rows: usize,
     out: Vec<RecordBatch>,
+    /// A fault that stops decoding (too many rows, Arrow), or serde's error's cause.
     fault: Option<Fault>,
+    /// The first fault of the row being read: the row is still read to its end and kept.
+    row_fault: Option<Fault>,
+    /// NDJSON: the line being read (messages name lines, not rows).
+    line: Option<usize>,
+    faults: Vec<RecordFault>,
 }
 
 impl<'w, 'de> Columns<'w, 'de> {
@@ -58,6 +70,9 @@ impl<'w, 'de> Columns<'w, 'de> {
             max_rows,
             out: Vec::new(),
             fault: None,
+            row_fault: None,
+            line: None,
+            faults: Vec::new(),
         }
     }
 
@@ -70,6 +85,44 @@ impl<'w, 'de> Columns<'w, 'de> {
     fn start_row(&mut self) {
         self.row.iter_mut().for_each(|v| *v = None);
         self.seen.iter_mut().for_each(|s| *s = false);
+        self.row_fault = None;
+    }
+
+    /// Notes a problem of the row being read; the first one is kept.
+    fn row_fails(&mut self, fault: Fault) {
+        if self.row_fault.is_none() {
+            self.row_fault = Some(fault);
+        }
+    }
+
+    /// Records `fault` against row `row` (1-based).
+    fn record(&mut self, row: usize, fault: &Fault) {
+        let place = match self.line {
+            Some(line) => format!("line {line}"),
+            None => format!("row {row}"),
+        };
+        let (field, problem) = match fault {
+            Fault::UnknownField(_) => (String::new(), "row.unknown_field".to_string()),
+            Fault::Syntax(_) => (String::new(), "row.malformed_json".to_string()),
+            Fault::NotObject => (String::new(), "row.not_object".to_string()),
+            Fault::Duplicate(i) => (self.name(*i).to_string(), "duplicate_key".to_string()),
+            Fault::Nested(i) => (self.name(*i).to_string(), "nested_value".to_string()),
+            Fault::Nul(i) => (self.name(*i).to_string(), "nul_character".to_string()),
+            Fault::BadString(i, _) => (self.name(*i).to_string(), "bad_string".to_string()),
+            Fault::TooManyRows | Fault::Arrow(_) => (String::new(), "row.malformed".to_string()),
+        };
+        let code = if field.is_empty() {
+            problem
+        } else {
+            format!("{field}.{problem}")
+        };
+        let message = self.describe(fault, &place).detail;
+        self.faults.push(RecordFault {
+            row,
+            field,
+            code,
+            message,
+        });
     }
 
     fn end_row(&mut self) -> Result<(), Fault> {
@@ -139,6 +192,17 @@ impl<'w, 'de> Columns<'w, 'de> {
                 "{place}: field {:?} is not a valid JSON string: {e}",
                 self.name(*i)
             )),
+            Fault::Syntax(e) => {
+                let hint = if e.contains("EOF") {
+                    " (NDJSON holds one whole JSON object on each line)"
+                } else {
+                    ""
+                };
+                DecodeError::malformed(format!("invalid JSON at {place}, {e}{hint}"))
+            }
+            Fault::NotObject => {
+                DecodeError::malformed(format!("{place}: each line must be one JSON object"))
+            }
             Fault::TooManyRows => DecodeError::too_many_rows(self.max_rows),
             Fault::Arrow(e) => DecodeError::malformed(format!("{place}: {e}")),
         }
@@ -223,21 +287,32 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_, 'de> {
         let cols = self.cols;
         cols.start_row();
         while let Some(key) = map.next_key_seed(KeySeed { names: &cols.names })? {
+            // A refused field is read past (serde_json skips a raw value without recursion)
+            // and the row goes on, so that a JSON array can go on to the next row.
+            let raw: &'de RawValue = map.next_value()?;
             let i = match key {
                 Ok(i) => i,
-                Err(name) => return Err(cols.fail(Fault::UnknownField(name))),
+                Err(name) => {
+                    cols.row_fails(Fault::UnknownField(name));
+                    continue;
+                }
             };
             if cols.seen[i] {
-                return Err(cols.fail(Fault::Duplicate(i)));
+                cols.row_fails(Fault::Duplicate(i));
+                continue;
             }
-            let raw: &'de RawValue = map.next_value()?;
             cols.seen[i] = true;
             match scalar(raw, i) {
                 Ok(v) => cols.row[i] = v,
-                Err(f) => return Err(cols.fail(f)),
+                Err(f) => cols.row_fails(f),
             }
         }
-        cols.end_row().map_err(|f| cols.fail(f))
+        let fault = cols.row_fault.take();
+        cols.end_row().map_err(|f| cols.fail(f))?;
+        if let Some(f) = fault {
+            cols.record(cols.rows, &f);
+        }
+        Ok(())
     }
 }
 
@@ -268,7 +343,7 @@ pub(crate) fn decode_json_array(
     body: &[u8],
     wire: &SchemaRef,
     max_rows: usize,
-) -> Result<Vec<RecordBatch>, DecodeError> {
+) -> Result<Decoded, DecodeError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'[') {
         return Err(DecodeError::malformed(
@@ -301,19 +376,27 @@ pub(crate) fn decode_json_array(
         });
     }
     cols.flush().map_err(DecodeError::malformed)?;
-    Ok(cols.out)
+    Ok(Decoded {
+        batches: cols.out,
+        faults: cols.faults,
+    })
 }
 
+/// NDJSON: each line is its own record, so a line that is not one JSON object is that row's
+/// fault, not the body's.
 pub(crate) fn decode_ndjson(
     body: &[u8],
     wire: &SchemaRef,
     max_rows: usize,
-) -> Result<Vec<RecordBatch>, DecodeError> {
+) -> Result<Decoded, DecodeError> {
     let mut cols = Columns::new(wire, max_rows);
     for (n, line) in body.split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        cols.line = Some(n + 1);
+        cols.start_row();
+        let before = cols.rows;
         let mut de = serde_json::Deserializer::from_slice(line);
         let result = RowSeed { cols: &mut cols }
             .deserialize(&mut de)
@@ -322,24 +405,30 @@ pub(crate) fn decode_ndjson(
             continue;
         };
         let place = format!("line {}", n + 1);
-        return Err(match &cols.fault {
-            Some(f) => cols.describe(f, &place),
-            None if e.is_data() => {
-                DecodeError::malformed(format!("{place}: each line must be one JSON object"))
-            }
-            None => {
-                let hint = if e.is_eof() {
-                    " (NDJSON holds one whole JSON object on each line)"
-                } else {
-                    ""
-                };
-                DecodeError::malformed(format!(
-                    "invalid JSON at {place}, column {}: {e}{hint}",
-                    e.column()
-                ))
-            }
-        });
+        if let Some(f) = cols.fault.take() {
+            return Err(cols.describe(&f, &place));
+        }
+        let fault = if e.is_data() {
+            Fault::NotObject
+        } else {
+            // serde's position counts within the line: keep the column only.
+            let text = e.to_string();
+            let text = text
+                .rsplit_once(" at line ")
+                .map_or(text.as_str(), |(t, _)| t);
+            Fault::Syntax(format!("column {}: {text}", e.column()))
+        };
+        // The row was kept if only what follows the object is wrong; else it takes its
+        // row now, with the fields read before the error.
+        if cols.rows == before {
+            cols.row_fault = None;
+            cols.end_row().map_err(|f| cols.describe(&f, &place))?;
+        }
+        cols.record(cols.rows, &fault);
     }
     cols.flush().map_err(DecodeError::malformed)?;
-    Ok(cols.out)
+    Ok(Decoded {
+        batches: cols.out,
+        faults: cols.faults,
+    })
 }

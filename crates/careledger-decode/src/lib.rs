@@ -6,9 +6,13 @@
 //!
 //! The crate knows no HTTP: the gateway maps [`DecodeErrorKind`] to a status.
 //!
-//! What is refused before any row is built: NUL bytes anywhere in the body (a binary or UTF-16
-//! file), invalid UTF-8 / GB18030, unknown fields, a field twice in one object, objects or
-//! arrays as field values, and more rows than the caller's `max_rows`. Memory stays
+//! What refuses the whole body: NUL bytes anywhere in it (a binary or UTF-16 file), invalid
+//! UTF-8 / GB18030 (CSV), a JSON array that is not well-formed JSON, and more rows than the
+//! caller's `max_rows`. What refuses one record only ([`RecordFault`], from
+//! [`decode_records`]): an unknown field, a field twice in one object, an object or array as
+//! a field value, a string with a NUL or a bad escape, and (NDJSON) a line that is not one
+//! JSON object. Such a record still takes its row (with the fields that could be read), so
+//! row numbers stay those of the body. Memory stays
 //! proportional to the body: JSON values are read one row at a time (nesting is never
 //! descended into), and rows go into column builders flushed every [`DECODE_BATCH_ROWS`].
 
@@ -26,6 +30,27 @@ pub const DECODE_BATCH_ROWS: usize = 8192;
 /// A batch is also cut once its text passes this many bytes, so that no column's 32-bit
 /// offsets can overflow whatever the body size.
 pub(crate) const DECODE_BATCH_BYTES: usize = 256 * 1024 * 1024;
+
+/// A record refused by the decoder: its row (1-based, counted over the body as the rows of
+/// the batches are) and why. `field` is the field's name, or empty when the problem is the
+/// record's (an unknown field, whose name is not echoed as a field, or a line that is not an
+/// object); `code` is `field.problem` or `row.problem`. The message names the place (line or
+/// row) and may quote a sent key cut to 64 characters: callers screen it for ID numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFault {
+    pub row: usize,
+    pub field: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// A decoded body: its rows, and the records among them that were refused.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub batches: Vec<RecordBatch>,
+    /// Ascending by row; a row may have more than one.
+    pub faults: Vec<RecordFault>,
+}
 
 /// The accepted body formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +173,8 @@ pub(crate) fn shown(text: &str, max: usize) -> String {
     }
 }
 
-/// Decodes a whole body into wire-schema batches of at most [`DECODE_BATCH_ROWS`] rows.
+/// Decodes a whole body into wire-schema batches of at most [`DECODE_BATCH_ROWS`] rows; the
+/// first refused record refuses the body (see [`decode_records`] to get them as row errors).
 ///
 /// `wire` must have only nullable `Utf8` fields (a table's wire schema). A body with more than
 /// `max_rows` rows is refused ([`DecodeErrorKind::TooManyRows`]) as soon as the row past the
@@ -159,6 +185,23 @@ pub fn decode(
     wire: &SchemaRef,
     max_rows: usize,
 ) -> Result<Vec<RecordBatch>, DecodeError> {
+    let decoded = decode_records(format, body, wire, max_rows)?;
+    match decoded.faults.into_iter().next() {
+        Some(f) => Err(DecodeError::malformed(f.message)),
+        None => Ok(decoded.batches),
+    }
+}
+
+/// [`decode`], with the records refused one by one (JSON formats: unknown or malformed
+/// fields; NDJSON: a line that is not one JSON object) returned as [`RecordFault`]s beside
+/// the batches instead of refusing the body. A refused record keeps its row, holding the
+/// fields that could be read.
+pub fn decode_records(
+    format: BodyFormat,
+    body: &[u8],
+    wire: &SchemaRef,
+    max_rows: usize,
+) -> Result<Decoded, DecodeError> {
     if let Some(f) = wire
         .fields()
         .iter()
@@ -200,7 +243,12 @@ pub fn decode(
                     ))
                 })?)
             };
-            csv::decode_csv(text.trim_start_matches('\u{feff}'), wire, max_rows)
+            csv::decode_csv(text.trim_start_matches('\u{feff}'), wire, max_rows).map(|batches| {
+                Decoded {
+                    batches,
+                    faults: Vec::new(),
+                }
+            })
         }
     }
 }

@@ -293,3 +293,53 @@ fn content_types() {
     assert_eq!(e.kind, DecodeErrorKind::UnsupportedMediaType);
     assert_eq!(e.to_string(), e.detail);
 }
+
+#[test]
+fn refused_records_keep_their_row_and_the_fields_that_were_read() {
+    use careledger_decode::decode_records;
+    let body = "{\"record_id\": \"a\"}\n\n{\"record_id\": \"b\", \"nickname\": 1, \"op\": \"upsert\"}\n{\"record_id\": \"c\", \"op\": [1]}\n{\"record_id\": \"d\", oops\n7\n{\"record_id\": \"e\"} {}\n{\"record_id\": \"f\"}\n";
+    let d = decode_records(NDJSON, body.as_bytes(), &wire(), MAX).unwrap();
+    assert_eq!(
+        col(&d.batches, "record_id"),
+        ["a", "b", "c", "d", "", "e", "f"]
+            .map(|s| (!s.is_empty()).then(|| s.to_string()))
+            .to_vec()
+    );
+    assert_eq!(col(&d.batches, "op")[1].as_deref(), Some("upsert"));
+    let got: Vec<(usize, &str, &str)> = d
+        .faults
+        .iter()
+        .map(|f| (f.row, f.code.as_str(), f.message.split(':').next().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, "row.unknown_field", "line 3"),
+            (3, "op.nested_value", "line 4"),
+            (4, "row.malformed_json", "invalid JSON at line 5, column 20"),
+            (5, "row.not_object", "line 6"),
+            (6, "row.malformed_json", "invalid JSON at line 7, column 20"),
+        ]
+    );
+    // `decode` refuses the body at the first of them.
+    assert!(refused(NDJSON, body.as_bytes()).starts_with("line 3: unknown field"));
+    // A JSON array goes on past a refused object too.
+    let d = decode_records(
+        JSON,
+        br#"[{"x": 1, "record_id": "a"}, {"record_id": "b"}]"#,
+        &wire(),
+        MAX,
+    )
+    .unwrap();
+    assert_eq!(
+        col(&d.batches, "record_id"),
+        vec![Some("a".into()), Some("b".into())]
+    );
+    assert_eq!(d.faults.len(), 1);
+    assert_eq!((d.faults[0].row, d.faults[0].field.as_str()), (1, ""));
+    assert!(
+        d.faults[0]
+            .message
+            .starts_with("row 1: unknown field \"x\"")
+    );
+}

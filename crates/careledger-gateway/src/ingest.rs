@@ -6,15 +6,15 @@ use std::sync::Arc;
 use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::{Array, RecordBatch, StringArray};
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use careledger_decode::{BodyFormat, decode};
+use careledger_decode::{BodyFormat, decode_records};
 use careledger_model::{
     MAX_MESSAGE_CHARS, RowError, Table, ValidationContext, mask_id, redact_ids,
-    validate_batch_scoped,
+    validate_batch_refusing,
 };
 use chrono::Utc;
 use serde::Deserialize;
@@ -37,6 +37,100 @@ pub struct IngestParams {
     /// `all`: the reply lists every row error (up to [`MAX_LISTED_ERRORS`]), not the first
     /// [`MAX_RECEIPT_ERRORS`]. The receipt kept in the store keeps the first ones only.
     pub errors: Option<String>,
+}
+
+/// A request body's `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Identity => "identity",
+            Encoding::Gzip => "gzip",
+            Encoding::Zstd => "zstd",
+        }
+    }
+}
+
+fn content_encoding(headers: &HeaderMap) -> Result<Encoding, Problem> {
+    let Some(value) = header_str(headers, header::CONTENT_ENCODING.as_str())? else {
+        return Ok(Encoding::Identity);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        "zstd" => Ok(Encoding::Zstd),
+        _ => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-encoding",
+            format!(
+                "Content-Encoding {:?} is not accepted; send the body as is, or compressed with gzip or zstd (one encoding)",
+                value.chars().take(64).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// The decompressed body, refused (413) as soon as it passes `limit` bytes: a small body
+/// that inflates to gigabytes is never held whole, only `limit + 1` bytes of it.
+fn decompress(encoding: Encoding, bytes: Bytes, limit: usize) -> Result<Bytes, Problem> {
+    use std::io::Read;
+    let mut reader: Box<dyn Read + '_> = match encoding {
+        Encoding::Identity => return Ok(bytes),
+        // Concatenated gzip members are one body (as `cat a.gz b.gz` makes).
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&bytes[..])),
+        Encoding::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(&bytes[..])
+                .map_err(|e| Problem::internal("zstd decoder", &e))?;
+            // A frame may ask for a window of up to 2 GiB; 128 MiB is zstd's default bound.
+            d.window_log_max(27)
+                .map_err(|e| Problem::internal("zstd decoder", &e))?;
+            Box::new(d)
+        }
+    };
+    let cap = limit.saturating_add(1);
+    let mut out: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while out.len() < cap {
+        let room = (cap - out.len()).min(buf.len());
+        let n = match reader.read(&mut buf[..room]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Problem::bad_request(
+                    "bad-encoding",
+                    format!(
+                        "the body is not valid {} data after {} decompressed bytes: {e}",
+                        encoding.as_str(),
+                        out.len()
+                    ),
+                ));
+            }
+        };
+        if out.capacity() - out.len() < n {
+            // Grow by doubling, but never past the cap.
+            let want = (out.capacity() * 2).max(256 * 1024).min(cap);
+            out.reserve_exact(want.max(out.len() + n) - out.len());
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    if out.len() > limit {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!(
+                "the body decompresses ({}) to more than the limit of {limit} bytes; split it into smaller batches",
+                encoding.as_str()
+            ),
+        ));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// The most row errors one reply lists with `errors=all`.
@@ -95,6 +189,7 @@ pub async fn ingest(
     };
     let format =
         BodyFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE.as_str())?)?;
+    let encoding = content_encoding(&headers)?;
     let key = header_str(&headers, "idempotency-key")?.map(str::to_string);
     if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 200) {
         return Err(Problem::bad_request(
@@ -133,6 +228,8 @@ pub async fn ingest(
                 Problem::bad_request("body-read", format!("could not read the body: {e}"))
             }
         })?;
+    // The size limit holds for the body as sent and again for what it decompresses to.
+    let bytes = decompress(encoding, bytes, state.config.max_body_bytes)?;
 
     let error_cap = match params.errors.as_deref() {
         None | Some("first") => MAX_RECEIPT_ERRORS,
@@ -203,8 +300,10 @@ pub async fn ingest(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-rows",
             format!(
-                "{} of {} rows are invalid, so nothing was stored (atomic=true); fix them, or send atomic=false to store the valid rows",
-                receipt.rows_rejected, receipt.rows_received
+                "{} of {} rows are invalid, so nothing was stored (atomic=true){}; fix them, or send atomic=false to store the valid rows",
+                receipt.rows_rejected,
+                receipt.rows_received,
+                first_error(&receipt.errors)
             ),
         )
         .with("receipt", serde_json::to_value(&receipt).expect("receipt serializes")));
@@ -240,6 +339,18 @@ pub async fn ingest(
     }
 }
 
+/// "; the first: row 3, …" for a refusal's detail (messages are already screened for IDs).
+fn first_error(errors: &[RowError]) -> String {
+    errors
+        .iter()
+        .min_by_key(|e| e.row)
+        .map(|e| {
+            let m: String = e.message.chars().take(300).collect();
+            format!("; the first: row {} ({}): {m}", e.row, e.code)
+        })
+        .unwrap_or_default()
+}
+
 type Prepared = (Vec<RecordBatch>, Option<RecordBatch>);
 
 /// Decodes and validates; fills the counts and errors of `receipt`. Works batch by batch and
@@ -256,12 +367,25 @@ fn prepare(
     error_cap: usize,
 ) -> Result<Prepared, Problem> {
     let spec = table.spec();
-    let wire = decode(
+    // Records the decoder refused (unknown or malformed fields, an NDJSON line that is not
+    // an object) are row errors like any other: validation rejects their rows with them.
+    let decoded = decode_records(
         format,
         bytes,
         &spec.wire_schema(),
         state.config.max_rows_per_body,
     )?;
+    let refused: Vec<RowError> = decoded
+        .faults
+        .into_iter()
+        .map(|f| RowError {
+            row: f.row,
+            field: f.field,
+            code: f.code,
+            message: f.message,
+        })
+        .collect();
+    let wire = decoded.batches;
     let (source, scope) = sender;
     let ctx = ValidationContext {
         source,
@@ -275,7 +399,10 @@ fn prepare(
     let mut rejects: Vec<RecordBatch> = Vec::new();
     let mut first_row = 0;
     for batch in wire {
-        let v = validate_batch_scoped(spec, &batch, &ctx, first_row, scope)
+        // The decoder's faults come in row order: this batch's are one slice.
+        let lo = refused.partition_point(|e| e.row <= first_row);
+        let hi = refused.partition_point(|e| e.row <= first_row + batch.num_rows());
+        let v = validate_batch_refusing(spec, &batch, &ctx, first_row, scope, &refused[lo..hi])
             .map_err(|e| Problem::internal("validation", &e))?;
         receipt.rows_received += v.rows;
         receipt.rows_accepted += v.stored.num_rows();

@@ -66,6 +66,7 @@ pub fn document() -> Value {
                 parameters.push(json!({"name": "errors", "in": "query", "description": "all: list every row error in the reply (default: the first 100)", "schema": {"type": "string", "enum": ["first", "all"], "default": "first"}}));
                 parameters.push(json!({"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}));
                 parameters.push(json!({"name": "Batch-Seq", "in": "header", "schema": {"type": "integer", "minimum": 0}}));
+                parameters.push(json!({"name": "Content-Encoding", "in": "header", "description": "gzip or zstd: the body is decompressed; the size limit applies to the decompressed body", "schema": {"type": "string", "enum": ["identity", "gzip", "zstd"]}}));
                 op["requestBody"] = json!({"required": true, "content": {
                     "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
                     "application/x-ndjson": {"schema": {"type": "string"}},

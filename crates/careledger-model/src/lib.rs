@@ -20,7 +20,7 @@ pub use schema::{FieldKind, FieldSpec, Table, TableSpec};
 pub use status::{RuleParams, StatusEpisode, derive_episodes};
 pub use validate::{
     MAX_MESSAGE_CHARS, RowError, ValidatedBatch, ValidationContext, epoch_days, from_epoch_days,
-    validate_batch, validate_batch_scoped,
+    validate_batch, validate_batch_refusing, validate_batch_scoped,
 };
 
 /// The version of the contract in `schemas/` that this build speaks.

@@ -60,6 +60,9 @@ pub struct ValidatedBatch {
 
 struct Problems {
     ok: Vec<bool>,
+    /// Rows refused before validation (the decoder's record errors): their other problems
+    /// are not listed, since they come from a record that was not read as sent.
+    silenced: Vec<bool>,
     list: Vec<RowError>,
     offset: usize,
 }
@@ -79,7 +82,14 @@ impl Problems {
     /// The one place a [`RowError`] is made: its message passes [`redact_ids`] and is cut to
     /// [`MAX_MESSAGE_CHARS`], so no message can carry an ID number or grow with a sent value.
     fn add(&mut self, row: usize, field: &str, problem: &str, message: String) {
+        self.push(row, field, format!("{field}.{problem}"), message);
+    }
+
+    fn push(&mut self, row: usize, field: &str, code: String, message: String) {
         self.ok[row] = false;
+        if self.silenced[row] {
+            return;
+        }
         let message = match redact_ids(&message) {
             Cow::Borrowed(_) => message,
             Cow::Owned(m) => m,
@@ -88,7 +98,7 @@ impl Problems {
         self.list.push(RowError {
             row: self.offset + row + 1,
             field: field.to_string(),
-            code: format!("{field}.{problem}"),
+            code,
             message,
         });
     }
@@ -211,12 +221,40 @@ pub fn validate_batch_scoped(
     first_row: usize,
     scope: Option<&str>,
 ) -> Result<ValidatedBatch, ArrowError> {
+    validate_batch_refusing(spec, batch, ctx, first_row, scope, &[])
+}
+
+/// [`validate_batch_scoped`] with rows already refused by the decoder (a record with an
+/// unknown or malformed field, an NDJSON line that is not a JSON object): `refused` holds
+/// their errors, `row` numbered in the body as every [`RowError`] (errors of rows outside
+/// this batch are ignored). Such a row is rejected with these errors only (its messages pass
+/// [`redact_ids`] and are cut here too); the rest of the batch is validated as usual.
+pub fn validate_batch_refusing(
+    spec: &TableSpec,
+    batch: &RecordBatch,
+    ctx: &ValidationContext<'_>,
+    first_row: usize,
+    scope: Option<&str>,
+    refused: &[RowError],
+) -> Result<ValidatedBatch, ArrowError> {
     let n = batch.num_rows();
     let mut p = Problems {
         ok: vec![true; n],
+        silenced: vec![false; n],
         list: Vec::new(),
         offset: first_row,
     };
+    for e in refused {
+        let Some(i) = e.row.checked_sub(first_row + 1).filter(|i| *i < n) else {
+            continue;
+        };
+        p.push(i, &e.field, e.code.clone(), e.message.clone());
+    }
+    for e in refused {
+        if let Some(i) = e.row.checked_sub(first_row + 1).filter(|i| *i < n) {
+            p.silenced[i] = true;
+        }
+    }
     let text_col = |name: &str| {
         batch
             .column_by_name(name)

@@ -37,7 +37,7 @@ async fn push(
         client,
         &url,
         token,
-        "application/x-ndjson",
+        &[("content-type", "application/x-ndjson")],
         &batch.idempotency_key,
         body.as_bytes(),
         5,

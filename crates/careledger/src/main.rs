@@ -71,9 +71,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
-        /// Directory holding tokens.json.
+        /// Directory holding tokens.json (before or after the action: `token create X
+        /// --state-dir DIR` works too).
         #[arg(
             long,
+            global = true,
             env = "CARELEDGER_STATE_DIR",
             default_value = "./careledger-data"
         )]

@@ -51,6 +51,10 @@ pub(crate) struct PushArgs {
     /// Where rejected rows are listed (CSV, UTF-8 with BOM so spreadsheets open it).
     #[arg(long, default_value = "careledger-rejects.csv")]
     rejects: PathBuf,
+    /// Send each request body compressed with gzip (Content-Encoding: gzip); the server's
+    /// size limits apply to the uncompressed body.
+    #[arg(long)]
+    gzip: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,7 +329,7 @@ pub(crate) async fn send(
     client: &reqwest::Client,
     url: &str,
     token: &str,
-    content_type: &str,
+    content_headers: &[(&str, &str)],
     key: &str,
     body: &[u8],
     attempts: u32,
@@ -333,10 +337,11 @@ pub(crate) async fn send(
     let mut delay = Duration::from_millis(250);
     let mut last = String::new();
     for attempt in 1..=attempts.max(1) {
-        let resp = client
-            .post(url)
-            .bearer_auth(token)
-            .header("content-type", content_type)
+        let mut req = client.post(url).bearer_auth(token);
+        for (name, value) in content_headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req
             .header("idempotency-key", key)
             .body(body.to_vec())
             .send()
@@ -443,17 +448,32 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
         let url = &url;
         let token = &args.token;
         let attempts = args.attempts;
+        let gzip = args.gzip;
         async move {
-            let outcome = send(
-                client,
-                url,
-                token,
-                chunk.content_type,
-                &chunk.key,
-                &chunk.body,
-                attempts,
-            )
-            .await;
+            let outcome = if gzip {
+                match gzipped(&chunk.body) {
+                    Ok(body) => {
+                        let headers = [
+                            ("content-type", chunk.content_type),
+                            ("content-encoding", "gzip"),
+                        ];
+                        send(client, url, token, &headers, &chunk.key, &body, attempts).await
+                    }
+                    Err(e) => Outcome::Failed(format!("could not compress the batch: {e}")),
+                }
+            } else {
+                let headers = [("content-type", chunk.content_type)];
+                send(
+                    client,
+                    url,
+                    token,
+                    &headers,
+                    &chunk.key,
+                    &chunk.body,
+                    attempts,
+                )
+                .await
+            };
             (chunk, outcome)
         }
     }))
@@ -509,9 +529,11 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
                     field: String::new(),
                     code: "batch.failed".into(),
                     message: format!(
-                        "nothing stored from records {}..={}: {message}",
-                        first.map(|p| p.1).unwrap_or(0),
-                        last.map(|p| p.1).unwrap_or(0)
+                        "nothing stored from {}: {message}",
+                        records_span(
+                            first.map(|p| p.1).unwrap_or(0),
+                            last.map(|p| p.1).unwrap_or(0)
+                        )
                     ),
                 });
             }
@@ -569,9 +591,29 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
     Ok(())
 }
 
+/// "record 3" or "records 1–5" (an en dash), as a person writes a span of record numbers.
+fn records_span(first: usize, last: usize) -> String {
+    if first == last {
+        format!("record {first}")
+    } else {
+        format!("records {first}\u{2013}{last}")
+    }
+}
+
+/// `body` compressed with gzip (the default level: batches are text, a few MB at most).
+fn gzipped(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::default(),
+    );
+    e.write_all(body)?;
+    e.finish()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{csv_is_gb18030, csv_records};
+    use super::{csv_is_gb18030, csv_records, records_span};
     use std::path::Path;
 
     #[test]
@@ -598,5 +640,11 @@ mod tests {
         assert_eq!(lines, vec![1, 2, 5]);
         assert_eq!(recs[1].1, b"1,\"x\ny\"\n");
         assert_eq!(recs[2].1, b"2,z");
+    }
+
+    #[test]
+    fn record_spans_are_written_for_people() {
+        assert_eq!(records_span(1, 1), "record 1");
+        assert_eq!(records_span(1, 5), "records 1\u{2013}5");
     }
 }

@@ -73,7 +73,7 @@ fn cases() -> Vec<Case> {
             "truncated NDJSON line",
             NDJSON,
             format!("{good}\n{{\"record_id\": "),
-            S::BAD_REQUEST,
+            S::UNPROCESSABLE_ENTITY,
             "line 2",
         ),
         case(
@@ -94,14 +94,14 @@ fn cases() -> Vec<Case> {
             "a value that is an object",
             JSON,
             "[{\"record_id\": {\"a\": 1}}]",
-            S::BAD_REQUEST,
+            S::UNPROCESSABLE_ENTITY,
             "not an object or array",
         ),
         case(
             "a value that is an array",
             NDJSON,
             "{\"region_code\": [\"450123100201\"]}\n",
-            S::BAD_REQUEST,
+            S::UNPROCESSABLE_ENTITY,
             "\"region_code\" must be a string",
         ),
         case(
@@ -121,8 +121,8 @@ fn cases() -> Vec<Case> {
         case(
             "invalid UTF-8 in NDJSON",
             NDJSON,
-            b"{\"record_id\": \"a\"}\n{\"op\": \"\xff\"}\n".to_vec(),
-            S::BAD_REQUEST,
+            [good.as_bytes(), b"\n{\"op\": \"\xff\"}\n"].concat(),
+            S::UNPROCESSABLE_ENTITY,
             "line 2",
         ),
         case(
@@ -143,7 +143,7 @@ fn cases() -> Vec<Case> {
             "a lone surrogate escape",
             JSON,
             "[{\"record_id\": \"\\udc00\"}]",
-            S::BAD_REQUEST,
+            S::UNPROCESSABLE_ENTITY,
             "not a valid JSON string",
         ),
         case(
@@ -171,7 +171,7 @@ fn cases() -> Vec<Case> {
             "100k nested arrays in a value",
             NDJSON,
             format!("{{\"op\": {}}}\n", "[".repeat(100_000)),
-            S::BAD_REQUEST,
+            S::UNPROCESSABLE_ENTITY,
             "line 1",
         ),
         case(
@@ -199,14 +199,14 @@ fn cases() -> Vec<Case> {
             "unknown field",
             NDJSON,
             "{\"record_id\": \"x\", \"favourite_colour\": \"red\"}\n",
-            S::BAD_REQUEST,
+            S::UNPROCESSABLE_ENTITY,
             "unknown field \"favourite_colour\"",
         ),
         case(
             "duplicate keys in one object",
             JSON,
             "[{\"record_id\": \"x\", \"op\": \"upsert\", \"op\": \"delete\"}]",
-            S::BAD_REQUEST,
+            S::UNPROCESSABLE_ENTITY,
             "\"op\" appears twice",
         ),
         case("empty JSON body", JSON, "", S::BAD_REQUEST, "JSON array"),
@@ -238,7 +238,7 @@ fn cases() -> Vec<Case> {
             "an escaped NUL in a JSON string",
             JSON,
             "[{\"record_id\": \"a\\u0000b\"}]",
-            S::BAD_REQUEST,
+            S::UNPROCESSABLE_ENTITY,
             "NUL character",
         ),
         case(

@@ -115,6 +115,108 @@ async fn non_atomic_keeps_valid_rows_and_stores_rejects_with_the_id_masked() {
     );
 }
 
+/// An unknown or malformed field, or an NDJSON line that is not an object, is its record's
+/// row error: `atomic=false` stores the other rows, `atomic=true` refuses the batch naming the
+/// row. A field name holding an ID number is masked in the message.
+#[tokio::test]
+async fn a_malformed_record_is_its_rows_error_not_the_bodys() {
+    let h = Harness::new().await;
+    let tok = h.tok("civil_affairs").to_string();
+    let key_id = id(900);
+    let lines = [
+        woman(1, "civil_affairs").to_string(),
+        format!(
+            "{{\"record_id\": \"w-2\", \"{key_id}\": 1, \"shoe_size\": 38, \"op\": \"upsert\"}}"
+        ),
+        "{\"record_id\": \"w-3\", \"op\": {\"a\": [1]}}".to_string(),
+        "{\"record_id\": \"w-4\", oops".to_string(),
+        "{\"record_id\": \"w-5\", \"op\": \"upsert\", \"op\": \"delete\"}".to_string(),
+        woman(6, "civil_affairs").to_string(),
+    ];
+    let body = lines.join("\n") + "\n";
+    let nd = "application/x-ndjson";
+
+    // atomic=true: refused, the first bad row named.
+    let (s, hd, r) = h
+        .post("/v1/ingest/women", &tok, nd, body.clone(), &[])
+        .await;
+    assert_problem(&hd, &r, StatusCode::UNPROCESSABLE_ENTITY, s);
+    let detail = r["detail"].as_str().unwrap();
+    assert!(detail.contains("4 of 6 rows are invalid"), "{detail}");
+    assert!(detail.contains("row 2 (row.unknown_field)"), "{detail}");
+    assert_eq!(h.count("women").await, 0);
+
+    // atomic=false: the two good rows are stored, each bad one has its error.
+    let (s, _, r) = h
+        .post("/v1/ingest/women?atomic=false", &tok, nd, body, &[])
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["rows_received"], 6, "{r}");
+    assert_eq!(r["rows_accepted"], 2, "{r}");
+    assert_eq!(r["rows_rejected"], 4, "{r}");
+    let errors: Vec<(u64, String)> = r["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["row"].as_u64().unwrap(),
+                e["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (2, "row.unknown_field".to_string()),
+            (3, "op.nested_value".to_string()),
+            (4, "row.malformed_json".to_string()),
+            (5, "op.duplicate_key".to_string()),
+        ],
+        "only the decoder's error for each bad row: {r}"
+    );
+    let text = r.to_string();
+    assert!(text.contains("line 2: unknown field"), "{text}");
+    assert!(
+        !text.contains(&key_id),
+        "the ID-like field name is masked: {text}"
+    );
+    assert!(text.contains(&careledger_model::mask_id(&key_id)), "{text}");
+    assert_eq!(h.count("women").await, 2);
+    let rejects = h.rows("rejects").await;
+    assert_eq!(
+        strings(&rejects, "codes"),
+        vec![
+            "row.unknown_field",
+            "op.nested_value",
+            "row.malformed_json",
+            "op.duplicate_key"
+        ]
+    );
+    // The known fields of the refused record are kept, the unknown ones are not.
+    let raw: Value = serde_json::from_str(&strings(&rejects, "raw")[0]).unwrap();
+    assert_eq!(raw, json!({"record_id": "w-2", "op": "upsert"}));
+
+    // A JSON array goes on past a refused row too.
+    let array = format!(
+        "[{}, {{\"record_id\": \"w-8\", \"nickname\": \"x\"}}]",
+        woman(7, "civil_affairs")
+    );
+    let (s, _, r) = h
+        .post(
+            "/v1/ingest/women?atomic=false",
+            &tok,
+            "application/json",
+            array,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["rows_accepted"], 1, "{r}");
+    assert_eq!(r["errors"][0]["row"], 2, "{r}");
+    assert_eq!(r["errors"][0]["code"], "row.unknown_field", "{r}");
+}
+
 #[tokio::test]
 async fn dry_run_validates_and_stores_nothing() {
     let h = Harness::new().await;
@@ -543,11 +645,15 @@ async fn the_raw_id_number_appears_in_no_stored_file() {
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["rows_rejected"], 2, "{r}");
-    // An unknown field refuses the body: nothing of it is stored.
+    // An unknown field (its value an ID, its name another) refuses its record: the row error
+    // names neither, and the record's rejects row keeps its known fields only, masked.
     let unknown = fresh(&mut sent);
+    let unknown_key = fresh(&mut sent);
     let mut row = woman(500, "civil_affairs");
     row["nickname"] = json!(unknown);
-    let (s, _, _) = h
+    row[unknown_key.as_str()] = json!("x");
+    sent.push(id(500));
+    let (s, _, r) = h
         .post(
             "/v1/ingest/women?atomic=false",
             &tok,
@@ -556,7 +662,9 @@ async fn the_raw_id_number_appears_in_no_stored_file() {
             &[],
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["rows_rejected"], 1, "{r}");
+    assert_eq!(r["errors"][0]["code"], "row.unknown_field", "{r}");
     // An idempotency key holding an ID: stored masked, and still answers a retry.
     let key = format!("push-{}-1", fresh(&mut sent));
     let rows = vec![woman(600, "civil_affairs")];

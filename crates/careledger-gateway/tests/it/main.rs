@@ -3,6 +3,7 @@
 
 mod auth;
 mod disclosure;
+mod encoding;
 mod formats;
 mod hostile;
 mod idempotency;

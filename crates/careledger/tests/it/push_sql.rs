@@ -174,6 +174,11 @@ fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain(
     let r2 = std::fs::read_to_string(dir.path().join("r2.csv")).unwrap();
     assert!(r2.contains("batch.failed"), "{r2}");
     assert!(r2.contains("403"), "{r2}");
+    assert!(
+        r2.contains("nothing stored from records 1\u{2013}7: "),
+        "{r2}"
+    );
+    assert!(!r2.contains("..="), "written for people, not in Rust: {r2}");
     // Another source's token: every row is refused as not its own, and listed.
     let out = careledger()
         .args(["push", "--table", "women", "--server", &server.url])
@@ -423,6 +428,7 @@ fn simulated_files_push_with_their_sources_token() {
         .args(["push", "--table", "women", "--server", &server.url])
         .args(["--token", &server.token(&source)])
         .args(["--rejects", dir.path().join("r.csv").to_str().unwrap()])
+        .arg("--gzip")
         .arg(&path)
         .output()
         .unwrap());

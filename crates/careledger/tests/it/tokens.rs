@@ -55,6 +55,58 @@ fn token_cli(state: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `--state-dir` is accepted after the action as well as before it.
+#[test]
+fn the_state_dir_flag_goes_before_or_after_the_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = careledger()
+            .env_remove("CARELEDGER_STATE_DIR")
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let sub = dir.path().join("state");
+    let sub = sub.to_str().unwrap();
+    run(&[
+        "token",
+        "create",
+        "after",
+        "--role",
+        "analyst",
+        "--state-dir",
+        sub,
+    ]);
+    run(&[
+        "token",
+        "--state-dir",
+        sub,
+        "create",
+        "before",
+        "--role",
+        "analyst",
+    ]);
+    let listed = run(&["token", "list", "--state-dir", sub]);
+    assert!(
+        listed.contains("after") && listed.contains("before"),
+        "{listed}"
+    );
+    run(&["token", "revoke", "after", "--state-dir", sub]);
+    let listed = run(&["token", "list", "--state-dir", sub]);
+    let after = listed.lines().find(|l| l.starts_with("after")).unwrap();
+    assert!(after.contains("revoked"), "{listed}");
+    // Nothing went to the default directory under the working directory.
+    assert!(!std::path::Path::new(state).join("careledger-data").exists());
+}
+
 #[test]
 fn token_changes_take_effect_on_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
