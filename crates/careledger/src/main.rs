@@ -342,6 +342,32 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     Ok(())
 }
 
+/// `token create --scope`: a prefix of the codes of real regions, written at its own level (a
+/// city is `4501`, not `450100`, which would name no county and see nothing).
+fn check_scope(scope: &str) -> Result<()> {
+    if scope.is_empty() || scope.len() > 12 || !scope.bytes().all(|b| b.is_ascii_digit()) {
+        bail!(
+            "--scope {scope:?}: give a region code prefix of up to 12 digits, e.g. 4501 (a city) or 450123 (a county)"
+        );
+    }
+    let regions = careledger_model::regions();
+    if !regions.iter().any(|r| r.code.starts_with(scope)) {
+        bail!("--scope {scope}: no Guangxi region code starts with it");
+    }
+    let padded = format!("{scope:0<12}");
+    if let Some(r) = regions.get(&padded)
+        && r.level.prefix_len() < scope.len()
+    {
+        bail!(
+            "--scope {scope} is {} ({}), written with trailing zeros: use --scope {}",
+            r.name,
+            r.level.as_str(),
+            &scope[..r.level.prefix_len()]
+        );
+    }
+    Ok(())
+}
+
 /// The zone of every "day" outside `serve` (token expiry dates, a local store's date-only
 /// known_at): `CARELEDGER_TIME_ZONE`, Asia/Shanghai by default.
 pub(crate) fn configured_zone() -> Result<careledger_model::LocalZone> {
@@ -598,6 +624,9 @@ fn token(action: TokenAction, state_dir: &Path) -> Result<()> {
             let Some(role) = Role::parse(&role) else {
                 bail!("unknown role {role:?}: use source:<id>, analyst, dashboard or admin");
             };
+            if let Some(scope) = &scope {
+                check_scope(scope)?;
+            }
             let expires_at = expires.as_deref().map(parse_expiry).transpose()?;
             println!(
                 "{}",

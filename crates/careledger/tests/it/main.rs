@@ -167,6 +167,30 @@ fn token_create_list_revoke() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
+    // A scope must name real regions at its own level: 450100 is 南宁市 written as a county
+    // code (it would see nothing), 4599 is no region, 45x no code.
+    for (scope, says) in [
+        ("450100", "use --scope 4501"),
+        ("4599", "no Guangxi region"),
+        ("45x", "region code prefix"),
+    ] {
+        let out = careledger()
+            .args([
+                "token",
+                "--state-dir",
+                state,
+                "create",
+                "s",
+                "--role",
+                "analyst",
+            ])
+            .args(["--scope", scope])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{scope}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{scope}: {err}");
+    }
 }
 
 /// `careledger serve` as a child process on loopback and a temporary store; killed if a test
