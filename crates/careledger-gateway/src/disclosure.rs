@@ -487,9 +487,6 @@ impl Frame {
                 })
                 .collect();
         }
-        if domains.is_empty() {
-            rows = vec![Vec::new()];
-        }
         Ok(Frame { rows })
     }
 

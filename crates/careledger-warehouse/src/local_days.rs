@@ -22,18 +22,12 @@ enum Kind {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct LocalDay {
     kind: Kind,
-    zone: String,
+    zone: LocalZone,
     signature: Signature,
 }
 
 fn utc_micros() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
-impl LocalDay {
-    fn zone(&self) -> LocalZone {
-        LocalZone::parse(&self.zone).expect("a zone that parsed once")
-    }
 }
 
 impl ScalarUDFImpl for LocalDay {
@@ -59,7 +53,7 @@ impl ScalarUDFImpl for LocalDay {
         let [arg] = args.args.as_slice() else {
             return exec_err!("{} takes one argument", self.name());
         };
-        let zone = self.zone();
+        let zone = self.zone;
         let array = arg.to_array(args.number_rows)?;
         let out: ArrayRef = match self.kind {
             Kind::Date => {
@@ -108,7 +102,7 @@ pub(crate) fn udfs(zone: LocalZone) -> [ScalarUDF; 2] {
         };
         ScalarUDF::new_from_impl(LocalDay {
             kind,
-            zone: zone.name().to_string(),
+            zone,
             signature,
         })
     })

@@ -214,16 +214,7 @@ async fn runaway_queries_are_stopped_by_the_timeout_or_the_limits() {
     refused(&h, tok, &cases).await;
 
     // Streamed, the same cross join runs until the timeout and the body is cut there.
-    let req = Request::post("/v1/sql?format=csv")
-        .header("authorization", format!("Bearer {tok}"))
-        .header("content-type", "application/json")
-        .body(Body::from(
-            json!({"sql": "SELECT a.value, b.value FROM generate_series(1, 1000000) a CROSS JOIN generate_series(1, 1000000) b"}).to_string(),
-        ))
-        .unwrap();
-    let resp = tower::ServiceExt::oneshot(h.app.clone(), req)
-        .await
-        .unwrap();
+    let resp = streamed_cross_join(&h, tok).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let mut bytes = 0usize;
@@ -379,16 +370,7 @@ async fn queries_past_the_concurrency_limit_get_503_with_retry_after() {
     let (h, t) = seeded(c).await;
     let tok = &t["admin"];
     // A streamed cross join holds the one slot while its client reads slowly.
-    let req = Request::post("/v1/sql?format=csv")
-        .header("authorization", format!("Bearer {tok}"))
-        .header("content-type", "application/json")
-        .body(Body::from(
-            json!({"sql": "SELECT a.value, b.value FROM generate_series(1, 1000000) a CROSS JOIN generate_series(1, 1000000) b"}).to_string(),
-        ))
-        .unwrap();
-    let resp = tower::ServiceExt::oneshot(h.app.clone(), req)
-        .await
-        .unwrap();
+    let resp = streamed_cross_join(&h, tok).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let (s, headers, body) = sql(&h, tok, "SELECT 1 AS x", "json").await;
     let v = json_of(&body);
@@ -413,4 +395,19 @@ async fn queries_past_the_concurrency_limit_get_503_with_retry_after() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A CSV-streamed cross join of a trillion rows: it runs until the timeout, or until its
+/// client drops the body.
+async fn streamed_cross_join(h: &crate::Harness, tok: &str) -> axum::response::Response {
+    let req = Request::post("/v1/sql?format=csv")
+        .header("authorization", format!("Bearer {tok}"))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"sql": "SELECT a.value, b.value FROM generate_series(1, 1000000) a CROSS JOIN generate_series(1, 1000000) b"}).to_string(),
+        ))
+        .unwrap();
+    tower::ServiceExt::oneshot(h.app.clone(), req)
+        .await
+        .unwrap()
 }
