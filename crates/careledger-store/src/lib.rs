@@ -22,6 +22,9 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 use url::Url;
 
+mod derived;
+pub use derived::*;
+
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -125,6 +128,7 @@ pub fn all_tables() -> Vec<(&'static str, SchemaRef)> {
     out.push((BATCHES, batches_schema()));
     out.push((REJECTS, rejects_schema()));
     out.push((AUDIT, audit_schema()));
+    out.extend(derived_tables());
     out
 }
 
@@ -211,6 +215,15 @@ impl Store {
                 .build()?;
             match table.load().await {
                 Ok(()) => {}
+                Err(deltalake::DeltaTableError::NotATable(_)) if name.starts_with("derived/") => {
+                    return Err(StoreError::Url(
+                        location.into(),
+                        format!(
+                            "no table {name}: a store written by an older careledger; \
+                             start `careledger serve` on it once to derive the ledger"
+                        ),
+                    ));
+                }
                 Err(deltalake::DeltaTableError::NotATable(_)) => {
                     return Err(StoreError::Url(
                         location.into(),
@@ -358,6 +371,122 @@ impl Store {
         Ok(out)
     }
 
+    /// The rows that the commits after version `after` up to `upto` added to `name` (their
+    /// `add` actions with `dataChange`: an append's files, not compaction's rewrites), read
+    /// from the data files those commits name, in the table's current schema.
+    pub async fn added_rows(&self, name: &str, after: u64, upto: u64) -> Result<Vec<RecordBatch>> {
+        let table = self.table(name).await?;
+        let schema = table.snapshot()?.snapshot().arrow_schema();
+        let store = table.log_store().object_store(None);
+        let mut out = Vec::new();
+        for version in after + 1..=upto {
+            let Some(bytes) = table.log_store().read_commit_entry(version).await? else {
+                return Err(StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
+                    "table {name}: commit {version} is missing, so the rows it added cannot be read"
+                ))));
+            };
+            let paths = added_paths(&bytes).map_err(|e| {
+                StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
+                    "table {name}: commit {version} does not read: {e}"
+                )))
+            })?;
+            for path in paths {
+                let path = deltalake::Path::from_url_path(&path).map_err(|e| {
+                    StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
+                        "table {name}: data file {path:?}: {e}"
+                    )))
+                })?;
+                use deltalake::logstore::object_store::ObjectStoreExt as _;
+                let bytes = store
+                    .get(&path)
+                    .await
+                    .map_err(|e| StoreError::Delta(e.into()))?
+                    .bytes()
+                    .await
+                    .map_err(|e| StoreError::Delta(e.into()))?;
+                let reader =
+                    deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                        .map_err(|e| StoreError::Delta(e.into()))?
+                        .build()
+                        .map_err(|e| StoreError::Delta(e.into()))?;
+                let batches: Vec<RecordBatch> = reader.collect::<std::result::Result<_, _>>()?;
+                for b in batches {
+                    out.push(conform(&b, &schema)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the rows matching `predicate` (SQL over the table's columns) in one commit that
+    /// also records `txns`; returns the new version (unchanged if nothing matched).
+    pub async fn delete_where(
+        &self,
+        name: &str,
+        predicate: &str,
+        txns: Vec<(String, i64)>,
+    ) -> Result<u64> {
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        guard.update_state().await?;
+        let mut props = keep_logs();
+        if !txns.is_empty() {
+            props = props.with_application_transactions(
+                txns.into_iter()
+                    .map(|(app, v)| Transaction::new(app, v))
+                    .collect(),
+            );
+        }
+        let (table, _metrics) = guard
+            .clone()
+            .delete()
+            .with_predicate(predicate.to_string())
+            .with_writer_properties(self.writer.clone())
+            .with_commit_properties(props)
+            .await?;
+        let version = table.version().unwrap_or_default();
+        *guard = table;
+        Ok(version)
+    }
+
+    /// Replaces every row of `name` by `append`'s rows in one commit (with its transactions
+    /// and metadata); readers of older versions are unaffected.
+    pub async fn overwrite(&self, name: &str, append: Append) -> Result<u64> {
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        guard.update_state().await?;
+        let schema = guard.snapshot()?.snapshot().arrow_schema();
+        let mut batches: Vec<RecordBatch> = append
+            .batches
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| conform(&b, &schema))
+            .collect::<Result<_>>()?;
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema.clone()));
+        }
+        let mut props = keep_logs().with_metadata(append.metadata);
+        if !append.txns.is_empty() {
+            props = props.with_application_transactions(
+                append
+                    .txns
+                    .into_iter()
+                    .map(|(app, v)| Transaction::new(app, v))
+                    .collect(),
+            );
+        }
+        let written = guard
+            .clone()
+            .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_writer_properties(self.writer.clone())
+            .with_commit_properties(props)
+            .await?;
+        let version = written.version().expect("a committed table has a version");
+        *guard = written;
+        Ok(version)
+    }
+
     /// The values of commit-metadata `key` over the table's history, newest first.
     pub async fn commit_metadata(&self, name: &str, key: &str) -> Result<Vec<serde_json::Value>> {
         let table = self.refresh(name).await?;
@@ -398,6 +527,24 @@ fn read_txn_actions(
         }
     }
     Ok(())
+}
+
+/// The paths of the `add` actions with `dataChange` of one commit file.
+fn added_paths(commit: &[u8]) -> std::result::Result<Vec<String>, serde_json::Error> {
+    let mut out = Vec::new();
+    for line in commit.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let action: serde_json::Value = serde_json::from_slice(line)?;
+        if let Some(add) = action.get("add") {
+            let data_change = add.get("dataChange").and_then(serde_json::Value::as_bool);
+            if let (Some(path), Some(true)) = (add.get("path").and_then(|p| p.as_str()), data_change) {
+                out.push(path.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What compacting one table did.

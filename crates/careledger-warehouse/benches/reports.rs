@@ -281,15 +281,17 @@ fn main() {
         );
         let wh = Warehouse::new(store, RuleParams::default());
         let t = Instant::now();
-        let snap = wh.snapshot(None).await.unwrap();
+        let cycles = wh.catch_up().await.unwrap();
+        let c = &cycles[0];
         println!(
-            "snapshot: {:.2} s, of which episode derivation {:.2} s ({} episodes, {} runs)",
+            "full derivation: {:.2} s (read {:.2} s, rule {:.2} s, write {:.2} s; {} women, {} derived rows)",
             t.elapsed().as_secs_f64(),
-            snap.derived.elapsed.as_secs_f64(),
-            snap.derived.episodes.num_rows(),
-            snap.derived.runs.num_rows()
+            c.read.as_secs_f64(),
+            c.derive.as_secs_f64(),
+            c.write.as_secs_f64(),
+            c.women,
+            c.rows_written
         );
-        drop(snap);
         println!(
             "{:<28} | {:>9} | {:>9} | {:>7}",
             "report", "cold s", "warm s", "rows"

@@ -17,24 +17,29 @@
 //! A scoped snapshot ([`Access`]) holds, under every one of these names, only what concerns
 //! women who ever lived in the scope: see `apply_scope`.
 
-pub mod derive;
+mod derive;
+pub mod deriver;
 mod local_days;
 pub mod publish;
 mod reference;
 pub mod reports;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use careledger_model::status::RuleParams;
 use careledger_model::{LocalZone, RegionLevel, Table};
-use careledger_store::{BATCHES, REJECTS, Store, StoreError};
+use careledger_store::{
+    BATCHES, DERIVED_EPISODES, DERIVED_PEOPLE, DERIVED_RESIDENCE, DERIVED_RUNS, DERIVED_SUPERSEDED,
+    REJECTS, Store, StoreError, derived_current, episode_fields, people_fields, residence_fields,
+    run_fields,
+};
 use chrono::{DateTime, Utc};
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-pub use derive::Derived;
+pub use deriver::{CycleStats, DerivedState, Deriver};
 pub use reports::{ParamKind, ParamSpec, ReportSpec, catalog};
 
 /// Everything that can go wrong in the warehouse.
@@ -54,17 +59,11 @@ pub enum WarehouseError {
     /// scope, a region outside it).
     #[error("parameter {name}: {message}")]
     OutOfScope { name: String, message: String },
+    #[error("deriver: {0}")]
+    Deriver(String),
 }
 
 pub type Result<T, E = WarehouseError> = std::result::Result<T, E>;
-
-/// What the derived tables depend on: table versions, the instant and the rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DerivedKey {
-    versions: BTreeMap<String, u64>,
-    known_at: Option<i64>,
-    rule: String,
-}
 
 /// What a snapshot may show its user.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -137,17 +136,14 @@ pub struct Warehouse {
     /// The memory every query of this warehouse draws on, together: one pool, so that
     /// queries at once cannot multiply the limit (None: unbounded).
     memory_pool: Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>>,
-    /// The most recently used derived tables, newest last (a few: a revisions report reads
-    /// two instants).
-    cache: Mutex<Vec<(DerivedKey, Arc<Derived>)>>,
     /// Secret of the record keys behind publication's cell keys (see [`publish`]).
     cell_key_secret: Option<[u8; 32]>,
     /// The zone of every "day" (a date-only instant, source health's lags and periods).
     zone: LocalZone,
+    /// Maintains the derived tables this warehouse reads (run by the server beside the
+    /// queries, never inside one).
+    deriver: Arc<Deriver>,
 }
-
-/// How many derived snapshots are kept.
-const DERIVED_CACHE: usize = 4;
 
 /// One consistent view of the warehouse at `known_at`.
 pub struct Snapshot {
@@ -157,9 +153,8 @@ pub struct Snapshot {
     pub known_at: Option<DateTime<Utc>>,
     /// Delta version of every table read.
     pub versions: BTreeMap<String, u64>,
-    pub derived: Arc<Derived>,
-    /// Whether the derived tables came from the cache.
-    pub derived_cached: bool,
+    /// What the derived tables (and so the current views) reflect.
+    pub derived: DerivedState,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -167,7 +162,7 @@ impl std::fmt::Debug for Snapshot {
         f.debug_struct("Snapshot")
             .field("known_at", &self.known_at)
             .field("versions", &self.versions)
-            .field("derived_cached", &self.derived_cached)
+            .field("derived", &self.derived)
             .finish_non_exhaustive()
     }
 }
@@ -284,10 +279,10 @@ fn quote(name: &str) -> String {
 impl Warehouse {
     pub fn new(store: Arc<Store>, rule: RuleParams) -> Warehouse {
         Warehouse {
+            deriver: Arc::new(Deriver::new(store.clone(), rule.clone())),
             store,
             rule,
             memory_pool: None,
-            cache: Mutex::new(Vec::new()),
             cell_key_secret: None,
             zone: LocalZone::default(),
         }
@@ -331,6 +326,17 @@ impl Warehouse {
 
     pub fn rule(&self) -> &RuleParams {
         &self.rule
+    }
+
+    /// The deriver of this warehouse's store.
+    pub fn deriver(&self) -> &Arc<Deriver> {
+        &self.deriver
+    }
+
+    /// Derives every commit present now (tests, the CLI, the demo; the server's deriver task
+    /// does this in the background).
+    pub async fn catch_up(&self) -> Result<Vec<CycleStats>> {
+        self.deriver.catch_up().await
     }
 
     /// A snapshot as known at `known_at` (None: now, the latest committed versions).
@@ -384,13 +390,60 @@ impl Warehouse {
                 ))
                 .await?;
             ctx.register_table(format!("raw_{name}"), bind(raw)?.into_view())?;
-            let current = ctx
+        }
+        // The current views and the derived tables: the deriver's stored rows, live as of its
+        // last complete cycle, and current at `known_at`.
+        // The state and the superseded table of one version (a cycle committing in between is
+        // seen on the second read, and the pair read again).
+        let (derived, superseded) = loop {
+            let before = DerivedState::read(&self.store).await?;
+            let table = self.store.refresh(DERIVED_SUPERSEDED).await?;
+            if DerivedState::read(&self.store).await? == before {
+                break (before, table);
+            }
+        };
+        ctx.register_table("dx_superseded", superseded.table_provider().await?)?;
+        let known = if known_at.is_some() {
+            "t.known_from <= $known_at AND (t.known_to IS NULL OR t.known_to > $known_at)"
+        } else {
+            "t.known_to IS NULL"
+        };
+        let mut stored: Vec<(&str, &'static str, Vec<String>)> = Table::ALL
+            .iter()
+            .map(|t| {
+                let cols = t
+                    .spec()
+                    .stored_schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                (t.as_str(), derived_current(*t), cols)
+            })
+            .collect();
+        let names_of = |fields: Vec<arrow_schema::Field>| -> Vec<String> {
+            fields.iter().map(|f| f.name().clone()).collect()
+        };
+        stored.push(("people", DERIVED_PEOPLE, names_of(people_fields())));
+        stored.push(("status_episodes", DERIVED_EPISODES, names_of(episode_fields())));
+        stored.push(("residence", DERIVED_RESIDENCE, names_of(residence_fields())));
+        stored.push(("ledger_runs", DERIVED_RUNS, names_of(run_fields())));
+        for (i, (name, table, cols)) in stored.iter().enumerate() {
+            let provider = format!("dx_{i}");
+            ctx.register_table(
+                provider.as_str(),
+                self.store.refresh(table).await?.table_provider().await?,
+            )?;
+            let cols: Vec<String> = cols.iter().map(|c| format!("t.{}", quote(c))).collect();
+            let view = ctx
                 .sql(&format!(
-                    "SELECT {cols} FROM (SELECT {cols}, row_number() OVER (PARTITION BY source, record_id \
-                     ORDER BY record_version DESC, ingested_at DESC) AS rn_ FROM raw_{name}) WHERE rn_ = 1 AND op = 'upsert'"
+                    "SELECT {} FROM {} AND {known}",
+                    cols.join(", "),
+                    deriver::live_from(&provider, "dx_superseded", &derived)
                 ))
                 .await?;
-            ctx.register_table(name, current.into_view())?;
+            let view = if known_at.is_some() { bind(view)? } else { view };
+            ctx.register_table(*name, view.into_view())?;
         }
         let batches = ctx
             .sql(&format!(
@@ -418,35 +471,6 @@ impl Warehouse {
             self.cell_key_secret.filter(|_| access.publication),
         ));
 
-        let key = DerivedKey {
-            versions: versions.clone(),
-            known_at: known_at.map(|t| t.timestamp_micros()),
-            rule: self.rule.rule_version(),
-        };
-        let cached = {
-            let mut cache = self.cache.lock().expect("lock");
-            let hit = cache.iter().position(|(k, _)| *k == key);
-            hit.map(|i| {
-                let entry = cache.remove(i);
-                let d = entry.1.clone();
-                cache.push(entry);
-                d
-            })
-        };
-        let derived_cached = cached.is_some();
-        let derived = match cached {
-            Some(d) => d,
-            None => {
-                let d = Arc::new(derive::derive(&ctx, &self.rule).await?);
-                let mut cache = self.cache.lock().expect("lock");
-                cache.push((key, d.clone()));
-                if cache.len() > DERIVED_CACHE {
-                    cache.remove(0);
-                }
-                d
-            }
-        };
-        derived.register(&ctx)?;
         let groups = ctx
             .sql(
                 "SELECT person_key, \"group\" AS group_code, valid_from, \
@@ -459,6 +483,10 @@ impl Warehouse {
         for name in &names {
             ctx.deregister_table(format!("delta_{name}"))?;
         }
+        for i in 0..stored.len() {
+            ctx.deregister_table(format!("dx_{i}"))?;
+        }
+        ctx.deregister_table("dx_superseded")?;
         let rejects = access.rejects && access.scope.is_none();
         if !rejects {
             ctx.deregister_table(REJECTS)?;
@@ -473,7 +501,6 @@ impl Warehouse {
             known_at,
             versions,
             derived,
-            derived_cached,
         })
     }
 }

@@ -111,8 +111,14 @@ pub(crate) async fn commit(store: &Store, batch: &Batch, n: usize) {
 /// A store in `dir` holding the ledger's batches (those with `ingested_at <= until`, if given).
 pub(crate) async fn load(dir: &std::path::Path, ledger: &Ledger) -> Arc<Store> {
     let store = Arc::new(Store::open(dir.to_str().unwrap()).await.unwrap());
+    // Derived after every commit: the slt expectations then check incremental derivation.
+    let deriver = careledger_warehouse::Deriver::new(
+        store.clone(),
+        careledger_model::status::RuleParams::default(),
+    );
     for (n, b) in ledger.batches.iter().enumerate() {
         commit(&store, b, n).await;
+        deriver.catch_up().await.unwrap();
     }
     store
 }

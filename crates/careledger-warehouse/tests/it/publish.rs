@@ -30,6 +30,7 @@ async fn warehouse() -> (tempfile::TempDir, Warehouse) {
         ledger::commit(&store, b, n).await;
     }
     let wh = Warehouse::new(store, RuleParams::default()).with_cell_key_secret([3; 32]);
+    wh.catch_up().await.unwrap();
     (dir, wh)
 }
 

@@ -1,0 +1,1111 @@
+//! The deriver: keeps the derived tables of the store (`derived/…`) up to date with the pushed
+//! tables, outside any request.
+//!
+//! A *cycle* reads the rows that the commits since its watermark added, finds the women they
+//! touch (by `person_key`: the new rows' women, and every woman any version of a touched record
+//! ever named), reads every version of every record of those women, and writes their whole
+//! derivation again: the current rows of the five pushed tables and `people`,
+//! `status_episodes`, `residence`, `ledger_runs`, each row with the transaction-time interval
+//! (`known_from`, `known_to`) during which it held. Rows are appended with the cycle's number
+//! (`gen`); the cycle then appends `(person_key, cycle)` for each woman it rewrote to
+//! `derived/superseded`, and that last commit records the watermark (Delta application
+//! transactions): the cycle number, the version of every pushed table it has read, the latest
+//! `ingested_at` it reflects, the rule. Readers take only rows of complete cycles
+//! ([`DerivedState`]), so a cycle is visible all at once. After a crash, rows of a cycle that did
+//! not reach its last commit are deleted and the cycle runs again from the same watermark.
+//!
+//! A full rebuild (first start, a new rule version, or `careledger derive --rebuild`) is one
+//! cycle over every woman, in buckets of `person_key`, that sets the *floor*: rows of earlier
+//! cycles are dead from then on. [`Deriver::compact`] rewrites the tables without dead rows.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{
+    Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, Schema, SchemaRef, TimeUnit};
+use careledger_model::status::{EventKind, LifeEvent, RuleParams};
+use careledger_model::{Table, from_epoch_days as date};
+use careledger_store::{
+    Append, DERIVED_EPISODES, DERIVED_PEOPLE, DERIVED_RESIDENCE, DERIVED_RUNS, DERIVED_SUPERSEDED,
+    Store, derived_current, derived_tables,
+};
+use chrono::{DateTime, Utc};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::derive::{Ancestors, EpisodeRow, PersonRec, ResidenceRow, RunRow, derive_woman};
+use crate::{Result, WarehouseError};
+
+type Provider = Arc<dyn datafusion::catalog::TableProvider>;
+
+const APP_GEN: &str = "careledger-deriver/cycle";
+const APP_FLOOR: &str = "careledger-deriver/floor";
+const APP_RULE: &str = "careledger-deriver/rule";
+const APP_REFLECTS: &str = "careledger-deriver/reflects";
+const APP_SUPERSEDED: &str = "careledger-deriver/superseded-rows";
+
+fn app_source(table: Table) -> String {
+    format!("careledger-deriver/source/{}", table.as_str())
+}
+
+/// A stable number for a rule version (Delta transactions hold integers).
+fn rule_fingerprint(rule: &RuleParams) -> i64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(rule.rule_version().as_bytes());
+    i64::from_be_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX
+}
+
+/// What the derived tables reflect: the last complete cycle and its watermark.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DerivedState {
+    /// The last complete cycle (0: nothing derived yet).
+    pub cycle: i64,
+    /// Rows of cycles below this are dead (the last full rebuild).
+    pub floor: i64,
+    /// Fingerprint of the rule version the rows were derived with.
+    pub rule: Option<i64>,
+    /// Version of each pushed table read so far.
+    pub sources: BTreeMap<String, u64>,
+    /// The latest `ingested_at` (µs) reflected.
+    pub reflects: Option<i64>,
+    /// Entries in `derived/superseded` (0: every stored row of a complete cycle is live).
+    pub superseded_rows: i64,
+}
+
+impl DerivedState {
+    /// Reads the watermark from the store's latest `derived/superseded` commit.
+    pub async fn read(store: &Store) -> Result<DerivedState> {
+        let mut apps: Vec<String> = [APP_GEN, APP_FLOOR, APP_RULE, APP_REFLECTS, APP_SUPERSEDED]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        apps.extend(Table::ALL.iter().map(|t| app_source(*t)));
+        let v = store.txn_versions(DERIVED_SUPERSEDED, &apps).await?;
+        let mut sources = BTreeMap::new();
+        for (i, t) in Table::ALL.iter().enumerate() {
+            sources.insert(t.as_str().to_string(), v[5 + i].unwrap_or(0).max(0) as u64);
+        }
+        Ok(DerivedState {
+            cycle: v[0].unwrap_or(0),
+            floor: v[1].unwrap_or(0),
+            rule: v[2],
+            reflects: v[3],
+            superseded_rows: v[4].unwrap_or(0),
+            sources,
+        })
+    }
+
+    /// The latest commit time (`ingested_at`) of pushed rows that the derived tables reflect.
+    pub fn reflects_at(&self) -> Option<DateTime<Utc>> {
+        self.reflects.and_then(DateTime::from_timestamp_micros)
+    }
+
+    /// Whether version `version` of pushed table `table` is reflected.
+    pub fn covers(&self, table: &str, version: u64) -> bool {
+        self.sources.get(table).is_some_and(|v| *v >= version)
+    }
+
+    fn txns(&self, rule: i64) -> Vec<(String, i64)> {
+        let mut out = vec![
+            (APP_GEN.to_string(), self.cycle),
+            (APP_FLOOR.to_string(), self.floor),
+            (APP_RULE.to_string(), rule),
+            (APP_SUPERSEDED.to_string(), self.superseded_rows),
+        ];
+        if let Some(r) = self.reflects {
+            out.push((APP_REFLECTS.to_string(), r));
+        }
+        for t in Table::ALL {
+            out.push((app_source(t), self.sources[t.as_str()] as i64));
+        }
+        out
+    }
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default)]
+pub struct CycleStats {
+    pub cycle: i64,
+    /// A full rebuild (every woman).
+    pub rebuild: bool,
+    /// Pushed rows read from the new commits.
+    pub new_rows: usize,
+    /// Women rewritten.
+    pub women: usize,
+    /// Derived rows written.
+    pub rows_written: usize,
+    /// Time spent reading, deriving (the CPU part) and writing.
+    pub read: Duration,
+    pub derive: Duration,
+    pub write: Duration,
+}
+
+/// Maintains the derived tables of one store. One cycle runs at a time (a lock), so two
+/// callers never derive the same commits twice.
+#[derive(Debug)]
+pub struct Deriver {
+    store: Arc<Store>,
+    rule: RuleParams,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// The derived data tables (all but `derived/superseded`).
+fn data_tables() -> Vec<(&'static str, SchemaRef)> {
+    derived_tables()
+        .into_iter()
+        .filter(|(n, _)| *n != DERIVED_SUPERSEDED)
+        .collect()
+}
+
+/// Which women a cycle rewrites.
+enum Women {
+    /// These keys.
+    Keys(HashSet<String>),
+    /// Every woman whose key starts with one of these hex digits (a rebuild bucket).
+    Prefixes(Vec<char>),
+}
+
+impl Women {
+    fn contains(&self, key: &str) -> bool {
+        match self {
+            Women::Keys(k) => k.contains(key),
+            Women::Prefixes(p) => key.chars().next().is_some_and(|c| p.contains(&c)),
+        }
+    }
+}
+
+impl Deriver {
+    pub fn new(store: Arc<Store>, rule: RuleParams) -> Deriver {
+        Deriver {
+            store,
+            rule,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Runs cycles until every commit present when it was called is reflected.
+    pub async fn catch_up(&self) -> Result<Vec<CycleStats>> {
+        let mut out = Vec::new();
+        while let Some(stats) = self.run_once().await? {
+            out.push(stats);
+        }
+        Ok(out)
+    }
+
+    /// One cycle over the commits since the watermark (a full rebuild if nothing was derived
+    /// yet or the rule changed); None when there was nothing new.
+    pub async fn run_once(&self) -> Result<Option<CycleStats>> {
+        let _one = self.lock.lock().await;
+        let state = DerivedState::read(&self.store).await?;
+        self.recover(&state).await?;
+        let rule = rule_fingerprint(&self.rule);
+        if state.cycle == 0 || state.rule != Some(rule) {
+            return Ok(Some(self.rebuild_locked(&state).await?));
+        }
+        let mut tables = Vec::new();
+        let mut changed = false;
+        for t in Table::ALL {
+            let table = self.store.refresh(t.as_str()).await?;
+            let v = table.version().unwrap_or(0) as u64;
+            changed |= v > state.sources[t.as_str()];
+            tables.push((t, table.table_provider().await?, v));
+        }
+        if !changed {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let cycle = state.cycle + 1;
+        let mut next = state.clone();
+        next.cycle = cycle;
+        // The new rows: their women, and their records (whose other versions may name others).
+        let ctx = input_context(&tables).await?;
+        let mut keys: HashSet<String> = HashSet::new();
+        let mut new_rows = 0usize;
+        for (t, _, v) in &tables {
+            let from = state.sources[t.as_str()];
+            next.sources.insert(t.as_str().to_string(), *v);
+            if *v <= from {
+                continue;
+            }
+            let rows = self.store.added_rows(t.as_str(), from, *v).await?;
+            let mut records: HashSet<(String, String)> = HashSet::new();
+            for b in &rows {
+                new_rows += b.num_rows();
+                let pk = utf8(b, "person_key")?;
+                let src = utf8(b, "source")?;
+                let rid = utf8(b, "record_id")?;
+                let ing = b
+                    .column_by_name("ingested_at")
+                    .map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
+                for i in 0..b.num_rows() {
+                    if !pk.is_null(i) {
+                        keys.insert(pk.value(i).to_string());
+                    }
+                    records.insert((src.value(i).to_string(), rid.value(i).to_string()));
+                    if let Some(ing) = &ing
+                        && !ing.is_null(i)
+                    {
+                        next.reflects = Some(next.reflects.unwrap_or(i64::MIN).max(ing.value(i)));
+                    }
+                }
+            }
+            if records.is_empty() {
+                continue;
+            }
+            let (src, rid): (Vec<String>, Vec<String>) = records.into_iter().unzip();
+            let batch = RecordBatch::try_from_iter(vec![
+                ("source", Arc::new(StringArray::from(src)) as ArrayRef),
+                ("record_id", Arc::new(StringArray::from(rid)) as ArrayRef),
+            ])?;
+            ctx.register_table(
+                "touched_records_",
+                Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+            )?;
+            let others = ctx
+                .sql(&format!(
+                    "SELECT DISTINCT r.person_key FROM touched_records_ k JOIN delta_{0} r \
+                     ON r.source = k.source AND r.record_id = k.record_id \
+                     WHERE r.person_key IS NOT NULL",
+                    t.as_str()
+                ))
+                .await?
+                .collect()
+                .await?;
+            ctx.deregister_table("touched_records_")?;
+            for b in &others {
+                let pk = utf8(b, "person_key")?;
+                for i in 0..b.num_rows() {
+                    keys.insert(pk.value(i).to_string());
+                }
+            }
+        }
+        let women = Women::Keys(keys);
+        let mut stats = CycleStats {
+            cycle,
+            new_rows,
+            ..CycleStats::default()
+        };
+        let touched: Vec<String> = match &women {
+            Women::Keys(k) => {
+                let mut v: Vec<String> = k.iter().cloned().collect();
+                v.sort();
+                v
+            }
+            Women::Prefixes(_) => unreachable!("an incremental cycle names its women"),
+        };
+        stats.women = touched.len();
+        stats.read += started.elapsed();
+        self.derive_and_write(&ctx, &women, cycle, &mut stats).await?;
+        let write = Instant::now();
+        next.superseded_rows += touched.len() as i64;
+        let superseded = RecordBatch::try_new(
+            superseded_schema(),
+            vec![
+                Arc::new(StringArray::from(touched)) as ArrayRef,
+                Arc::new(arrow_array::Int64Array::from(vec![cycle; stats.women])),
+            ],
+        )?;
+        self.store
+            .append(
+                DERIVED_SUPERSEDED,
+                Append {
+                    batches: vec![superseded],
+                    txns: next.txns(rule),
+                    metadata: vec![],
+                },
+            )
+            .await?;
+        stats.write += write.elapsed();
+        Ok(Some(stats))
+    }
+
+    /// Derives every woman again (a new floor); the old rows are dead once it completes.
+    pub async fn rebuild(&self) -> Result<CycleStats> {
+        let _one = self.lock.lock().await;
+        let state = DerivedState::read(&self.store).await?;
+        self.recover(&state).await?;
+        self.rebuild_locked(&state).await
+    }
+
+    async fn rebuild_locked(&self, state: &DerivedState) -> Result<CycleStats> {
+        let started = Instant::now();
+        let cycle = state.cycle + 1;
+        let mut tables = Vec::new();
+        let mut next = DerivedState {
+            cycle,
+            floor: cycle,
+            ..DerivedState::default()
+        };
+        let mut bytes = 0u64;
+        for t in Table::ALL {
+            let table = self.store.refresh(t.as_str()).await?;
+            let v = table.version().unwrap_or(0) as u64;
+            next.sources.insert(t.as_str().to_string(), v);
+            bytes += self.store.file_stats(t.as_str()).await?.bytes;
+            tables.push((t, table.table_provider().await?, v));
+        }
+        let ctx = input_context(&tables).await?;
+        // The latest commit time read: rows are read at these versions.
+        for (t, _, _) in &tables {
+            let b = ctx
+                .sql(&format!(
+                    "SELECT max(ingested_at) AS m FROM delta_{}",
+                    t.as_str()
+                ))
+                .await?
+                .collect()
+                .await?;
+            if let Some(b) = b.first() {
+                let c = datafusion::arrow::compute::cast(
+                    b.column(0),
+                    &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                )?;
+                let c = c.as_primitive::<TimestampMicrosecondType>();
+                if c.len() > 0 && !c.is_null(0) {
+                    next.reflects = Some(next.reflects.unwrap_or(i64::MIN).max(c.value(0)));
+                }
+            }
+        }
+        // Buckets of about 64 MiB of stored Parquet each, by the key's first hex digit.
+        let buckets = (bytes / (64 << 20)).clamp(1, 16) as usize;
+        let digits: Vec<char> = "0123456789abcdef".chars().collect();
+        let mut stats = CycleStats {
+            cycle,
+            rebuild: true,
+            ..CycleStats::default()
+        };
+        stats.read += started.elapsed();
+        for b in 0..buckets {
+            let prefixes: Vec<char> = digits
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % buckets == b)
+                .map(|(_, c)| *c)
+                .collect();
+            self.derive_and_write(&ctx, &Women::Prefixes(prefixes), cycle, &mut stats)
+                .await?;
+        }
+        let write = Instant::now();
+        // The old entries are below the floor: cleared with the commit that sets it.
+        self.store
+            .overwrite(
+                DERIVED_SUPERSEDED,
+                Append {
+                    batches: vec![],
+                    txns: next.txns(rule_fingerprint(&self.rule)),
+                    metadata: vec![],
+                },
+            )
+            .await?;
+        stats.write += write.elapsed();
+        Ok(stats)
+    }
+
+    /// Deletes rows of a cycle that did not complete (a crash between its commits).
+    async fn recover(&self, state: &DerivedState) -> Result<()> {
+        for (name, _) in data_tables() {
+            let written = self.store.txn_version(name, APP_GEN).await?.unwrap_or(0);
+            if written > state.cycle {
+                self.store
+                    .delete_where(
+                        name,
+                        &format!("gen > {}", state.cycle),
+                        vec![(APP_GEN.to_string(), state.cycle)],
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the derived tables with their live rows only, and empties
+    /// `derived/superseded`. Answers are unchanged.
+    pub async fn compact(&self) -> Result<usize> {
+        let _one = self.lock.lock().await;
+        let state = DerivedState::read(&self.store).await?;
+        self.recover(&state).await?;
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let sup = self.store.refresh(DERIVED_SUPERSEDED).await?;
+        ctx.register_table("superseded_", sup.table_provider().await?)?;
+        let mut removed = 0usize;
+        for (name, schema) in data_tables() {
+            let table = self.store.refresh(name).await?;
+            ctx.register_table("t_", table.table_provider().await?)?;
+            let cols: Vec<String> = schema
+                .fields()
+                .iter()
+                .map(|f| format!("t.\"{}\"", f.name()))
+                .collect();
+            let before = ctx
+                .sql("SELECT count(*) FROM t_")
+                .await?
+                .collect()
+                .await?;
+            let live = ctx
+                .sql(&format!(
+                    "SELECT {} FROM {}",
+                    cols.join(", "),
+                    live_from("t_", "superseded_", &state)
+                ))
+                .await?
+                .collect()
+                .await?;
+            let kept: usize = live.iter().map(RecordBatch::num_rows).sum();
+            let total = count(&before);
+            removed += total.saturating_sub(kept);
+            self.store
+                .overwrite(
+                    name,
+                    Append {
+                        batches: live,
+                        txns: vec![(APP_GEN.to_string(), state.cycle)],
+                        metadata: vec![],
+                    },
+                )
+                .await?;
+            ctx.deregister_table("t_")?;
+        }
+        let mut next = state.clone();
+        next.superseded_rows = 0;
+        self.store
+            .overwrite(
+                DERIVED_SUPERSEDED,
+                Append {
+                    batches: vec![],
+                    txns: next.txns(state.rule.unwrap_or(rule_fingerprint(&self.rule))),
+                    metadata: vec![],
+                },
+            )
+            .await?;
+        Ok(removed)
+    }
+
+    /// Reads every version of every record of `women`, derives, and appends the rows (cycle
+    /// `gen`) to every derived data table.
+    async fn derive_and_write(
+        &self,
+        ctx: &SessionContext,
+        women: &Women,
+        cycle: i64,
+        stats: &mut CycleStats,
+    ) -> Result<()> {
+        let read = Instant::now();
+        let filter = match women {
+            Women::Keys(keys) => {
+                let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                keys.sort_unstable();
+                let batch = RecordBatch::try_from_iter(vec![(
+                    "person_key",
+                    Arc::new(StringArray::from(keys)) as ArrayRef,
+                )])?;
+                ctx.deregister_table("touched_women_")?;
+                ctx.register_table(
+                    "touched_women_",
+                    Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+                )?;
+                "x.person_key IN (SELECT person_key FROM touched_women_)".to_string()
+            }
+            Women::Prefixes(p) => {
+                let list: Vec<String> = p.iter().map(|c| format!("'{c}'")).collect();
+                format!("substr(x.person_key, 1, 1) IN ({})", list.join(", "))
+            }
+        };
+        let mut inputs = Vec::new();
+        for t in Table::ALL {
+            let name = t.as_str();
+            let rows = ctx
+                .sql(&format!(
+                    "WITH k AS (SELECT DISTINCT x.source, x.record_id FROM delta_{name} x \
+                     WHERE {filter}) \
+                     SELECT r.* FROM k JOIN delta_{name} r \
+                     ON r.source = k.source AND r.record_id = k.record_id"
+                ))
+                .await?
+                .collect()
+                .await?;
+            let schema = t.spec().stored_schema();
+            let rows: Vec<RecordBatch> = rows
+                .iter()
+                .map(|b| conform(b, &schema))
+                .collect::<Result<_>>()?;
+            inputs.push(datafusion::arrow::compute::concat_batches(&schema, &rows)?);
+        }
+        stats.read += read.elapsed();
+        let started = Instant::now();
+        let params = self.rule.clone();
+        let member: Box<dyn Fn(&str) -> bool + Send> = match women {
+            Women::Keys(k) => {
+                let k = k.clone();
+                Box::new(move |key| k.contains(key))
+            }
+            Women::Prefixes(p) => {
+                let w = Women::Prefixes(p.clone());
+                Box::new(move |key| w.contains(key))
+            }
+        };
+        // The CPU part runs off the async threads.
+        let out = tokio::task::spawn_blocking(move || compute(&inputs, &*member, cycle, &params))
+            .await
+            .map_err(|e| WarehouseError::Deriver(format!("derivation panicked: {e}")))??;
+        stats.derive += started.elapsed();
+        let write = Instant::now();
+        for (name, batch) in out {
+            stats.rows_written += batch.num_rows();
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            self.store
+                .append(
+                    name,
+                    Append {
+                        batches: vec![batch],
+                        txns: vec![(APP_GEN.to_string(), cycle)],
+                        metadata: vec![],
+                    },
+                )
+                .await?;
+        }
+        stats.write += write.elapsed();
+        Ok(())
+    }
+}
+
+fn superseded_schema() -> SchemaRef {
+    derived_tables()
+        .into_iter()
+        .find(|(n, _)| *n == DERIVED_SUPERSEDED)
+        .expect("superseded is a derived table")
+        .1
+}
+
+fn count(batches: &[RecordBatch]) -> usize {
+    batches
+        .first()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| b.column(0).as_primitive::<Int64Type>().value(0) as usize)
+        .unwrap_or(0)
+}
+
+/// A session over the pushed tables at the versions of `tables` (`delta_<name>`).
+async fn input_context(tables: &[(Table, Provider, u64)]) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    for (t, table, _) in tables {
+        ctx.register_table(format!("delta_{}", t.as_str()), table.clone())?;
+    }
+    Ok(ctx)
+}
+
+/// `FROM … WHERE …` of the live rows of derived table `table` (alias `t`) as of `state`: rows
+/// of complete cycles at or above the floor that no later cycle superseded. The caller may add
+/// `AND` conditions (the transaction-time filter).
+pub(crate) fn live_from(table: &str, superseded: &str, state: &DerivedState) -> String {
+    let bounds = format!("t.gen >= {} AND t.gen <= {}", state.floor, state.cycle);
+    if state.superseded_rows == 0 {
+        return format!("{table} t WHERE {bounds}");
+    }
+    // The small side (the superseded women) is the join's build side: a RIGHT join keeps every
+    // row of `t` and streams it.
+    format!(
+        "(SELECT person_key AS sk_, max(gen) AS sg_ FROM {superseded} \
+         WHERE gen > {floor} AND gen <= {g} GROUP BY person_key) s \
+         RIGHT JOIN {table} t ON s.sk_ = t.person_key \
+         WHERE {bounds} AND (s.sg_ IS NULL OR s.sg_ <= t.gen)",
+        floor = state.floor,
+        g = state.cycle
+    )
+}
+
+/// A column of `b` as plain UTF-8.
+fn utf8(b: &RecordBatch, name: &str) -> Result<StringArray> {
+    let col = b.column_by_name(name).ok_or_else(|| {
+        WarehouseError::Deriver(format!("column {name} is missing from the input"))
+    })?;
+    let cast = datafusion::arrow::compute::cast(col, &DataType::Utf8)?;
+    Ok(cast.as_string::<i32>().clone())
+}
+
+/// Casts a scanned batch to `schema` (Delta scans may return string views or dictionaries).
+fn conform(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let col = match b.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => c.clone(),
+            Some(c) => datafusion::arrow::compute::cast(c, f.data_type())?,
+            None => arrow_array::new_null_array(f.data_type(), b.num_rows()),
+        };
+        cols.push(col);
+    }
+    let nullable: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(nullable)), cols)?)
+}
+
+/// One visible interval of a row of a pushed table's current view.
+#[derive(Debug, Clone, Copy)]
+struct Visible {
+    row: usize,
+    from: i64,
+    to: Option<i64>,
+}
+
+/// Which rows of one pushed table's history were ever current, and when: per record, a row
+/// holds from its `ingested_at` until a row that outranks it (a higher `record_version`, or the
+/// same one ingested later) is ingested. Retractions end a row and show none.
+fn current_rows(b: &RecordBatch, member: &dyn Fn(&str) -> bool) -> Result<Vec<Visible>> {
+    let src = utf8(b, "source")?;
+    let rid = utf8(b, "record_id")?;
+    let op = utf8(b, "op")?;
+    let pk = utf8(b, "person_key")?;
+    let batch = utf8(b, "batch_id")?;
+    let ver = datafusion::arrow::compute::cast(
+        b.column_by_name("record_version").expect("record_version"),
+        &DataType::Int64,
+    )?;
+    let ver = ver.as_primitive::<Int64Type>();
+    let ing = b
+        .column_by_name("ingested_at")
+        .expect("ingested_at")
+        .as_primitive::<TimestampMicrosecondType>();
+    let mut records: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    for i in 0..b.num_rows() {
+        records
+            .entry((src.value(i), rid.value(i)))
+            .or_default()
+            .push(i);
+    }
+    let mut out = Vec::new();
+    for rows in records.values_mut() {
+        rows.sort_by(|&x, &y| {
+            (ver.value(x), ing.value(x), batch.value(x), x).cmp(&(
+                ver.value(y),
+                ing.value(y),
+                batch.value(y),
+                y,
+            ))
+        });
+        // Walking from the highest rank down: the earliest ingestion of anything above.
+        let mut above: Option<i64> = None;
+        for &r in rows.iter().rev() {
+            let from = ing.value(r);
+            let shown = op.value(r) == "upsert"
+                && !pk.is_null(r)
+                && member(pk.value(r))
+                && above.is_none_or(|to| to > from);
+            if shown {
+                out.push(Visible {
+                    row: r,
+                    from,
+                    to: above,
+                });
+            }
+            above = Some(above.map_or(from, |a| a.min(from)));
+        }
+    }
+    out.sort_by_key(|v| v.row);
+    Ok(out)
+}
+
+/// Appends `gen`, `known_from`, `known_to` to the chosen rows of `b`.
+fn with_intervals(
+    b: &RecordBatch,
+    rows: &[Visible],
+    cycle: i64,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let idx = UInt32Array::from(rows.iter().map(|v| v.row as u32).collect::<Vec<_>>());
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for c in b.columns() {
+        cols.push(datafusion::arrow::compute::take(c, &idx, None)?);
+    }
+    cols.push(Arc::new(arrow_array::Int64Array::from(vec![
+        cycle;
+        rows.len()
+    ])));
+    let mut from = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut to = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for v in rows {
+        from.append_value(v.from);
+        to.append_option(v.to);
+    }
+    cols.push(Arc::new(from.finish()));
+    cols.push(Arc::new(to.finish()));
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// A woman's `women` row with its interval and what orders it among her others.
+struct WomanRow {
+    from: i64,
+    to: Option<i64>,
+    order: (i64, String, String),
+    rec: PersonRec,
+}
+
+struct EventRow {
+    from: i64,
+    to: Option<i64>,
+    event: LifeEvent,
+}
+
+fn holds(from: i64, to: Option<i64>, t: i64) -> bool {
+    from <= t && to.is_none_or(|to| to > t)
+}
+
+/// Row builders of the four derived tables, with the interval columns.
+#[derive(Default)]
+struct Builders {
+    p_key: StringBuilder,
+    p_region: StringBuilder,
+    p_marital: StringBuilder,
+    p_eth: StringBuilder,
+    p_birth: Date32Builder,
+    p_iv: Intervals,
+    e_key: StringBuilder,
+    e_no: Int32Builder,
+    e_start: Date32Builder,
+    e_end: Date32Builder,
+    e_entry: StringBuilder,
+    e_exit: StringBuilder,
+    e_rs: StringBuilder,
+    e_re: StringBuilder,
+    e_rule: StringBuilder,
+    e_iv: Intervals,
+    r_key: StringBuilder,
+    r_from: Date32Builder,
+    r_to: Date32Builder,
+    r_region: StringBuilder,
+    r_iv: Intervals,
+    u_level: StringBuilder,
+    u_region: StringBuilder,
+    u_key: StringBuilder,
+    u_no: Int32Builder,
+    u_start: Date32Builder,
+    u_end: Date32Builder,
+    u_entry: StringBuilder,
+    u_exit: StringBuilder,
+    u_iv: Intervals,
+}
+
+#[derive(Default)]
+struct Intervals {
+    cycle: Int64Builder,
+    from: Vec<i64>,
+    to: Vec<Option<i64>>,
+}
+
+impl Intervals {
+    fn push(&mut self, cycle: i64, from: i64, to: Option<i64>) {
+        self.cycle.append_value(cycle);
+        self.from.push(from);
+        self.to.push(to);
+    }
+
+    fn finish(&mut self) -> Vec<ArrayRef> {
+        let mut from = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let mut to = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        for v in self.from.drain(..) {
+            from.append_value(v);
+        }
+        for v in self.to.drain(..) {
+            to.append_option(v);
+        }
+        vec![
+            Arc::new(self.cycle.finish()),
+            Arc::new(from.finish()),
+            Arc::new(to.finish()),
+        ]
+    }
+}
+
+impl Builders {
+    fn person(&mut self, key: &str, p: &PersonRec, cycle: i64, from: i64, to: Option<i64>) {
+        self.p_key.append_value(key);
+        self.p_region.append_option(p.region.as_deref());
+        self.p_marital.append_option(p.marital.as_deref());
+        self.p_eth.append_option(p.ethnicity.as_deref());
+        self.p_birth
+            .append_option(p.birth.map(careledger_model::epoch_days));
+        self.p_iv.push(cycle, from, to);
+    }
+
+    fn episodes(&mut self, key: &str, rows: &[EpisodeRow], rule: &str, cycle: i64, from: i64, to: Option<i64>) {
+        for e in rows {
+            self.e_key.append_value(key);
+            self.e_no.append_value(e.no);
+            self.e_start.append_value(e.start);
+            self.e_end.append_option(e.end);
+            self.e_entry.append_value(e.entry);
+            self.e_exit.append_option(e.exit);
+            self.e_rs.append_option(e.region_at_start.as_deref());
+            self.e_re.append_option(e.region_at_end.as_deref());
+            self.e_rule.append_value(rule);
+            self.e_iv.push(cycle, from, to);
+        }
+    }
+
+    fn residence(&mut self, key: &str, rows: &[ResidenceRow], cycle: i64, from: i64, to: Option<i64>) {
+        for r in rows {
+            self.r_key.append_value(key);
+            self.r_from.append_value(r.from);
+            self.r_to.append_option(r.to);
+            self.r_region.append_option(r.region.as_deref());
+            self.r_iv.push(cycle, from, to);
+        }
+    }
+
+    fn runs(&mut self, key: &str, rows: &[RunRow], cycle: i64, from: i64, to: Option<i64>) {
+        for u in rows {
+            self.u_level.append_value(u.level);
+            self.u_region.append_option(u.region.as_deref());
+            self.u_key.append_value(key);
+            self.u_no.append_value(u.no);
+            self.u_start.append_value(u.start);
+            self.u_end.append_option(u.end);
+            self.u_entry.append_value(u.entry);
+            self.u_exit.append_option(u.exit);
+            self.u_iv.push(cycle, from, to);
+        }
+    }
+
+    fn finish(mut self) -> Result<Vec<(&'static str, RecordBatch)>> {
+        let schemas: HashMap<&str, SchemaRef> = derived_tables().into_iter().collect();
+        let mut out = Vec::new();
+        let mut p: Vec<ArrayRef> = vec![
+            Arc::new(self.p_key.finish()),
+            Arc::new(self.p_region.finish()),
+            Arc::new(self.p_marital.finish()),
+            Arc::new(self.p_eth.finish()),
+            Arc::new(self.p_birth.finish()),
+        ];
+        p.extend(self.p_iv.finish());
+        out.push((DERIVED_PEOPLE, RecordBatch::try_new(schemas[DERIVED_PEOPLE].clone(), p)?));
+        let mut e: Vec<ArrayRef> = vec![
+            Arc::new(self.e_key.finish()),
+            Arc::new(self.e_no.finish()),
+            Arc::new(self.e_start.finish()),
+            Arc::new(self.e_end.finish()),
+            Arc::new(self.e_entry.finish()),
+            Arc::new(self.e_exit.finish()),
+            Arc::new(self.e_rs.finish()),
+            Arc::new(self.e_re.finish()),
+            Arc::new(self.e_rule.finish()),
+        ];
+        e.extend(self.e_iv.finish());
+        out.push((DERIVED_EPISODES, RecordBatch::try_new(schemas[DERIVED_EPISODES].clone(), e)?));
+        let mut r: Vec<ArrayRef> = vec![
+            Arc::new(self.r_key.finish()),
+            Arc::new(self.r_from.finish()),
+            Arc::new(self.r_to.finish()),
+            Arc::new(self.r_region.finish()),
+        ];
+        r.extend(self.r_iv.finish());
+        out.push((DERIVED_RESIDENCE, RecordBatch::try_new(schemas[DERIVED_RESIDENCE].clone(), r)?));
+        let mut u: Vec<ArrayRef> = vec![
+            Arc::new(self.u_level.finish()),
+            Arc::new(self.u_region.finish()),
+            Arc::new(self.u_key.finish()),
+            Arc::new(self.u_no.finish()),
+            Arc::new(self.u_start.finish()),
+            Arc::new(self.u_end.finish()),
+            Arc::new(self.u_entry.finish()),
+            Arc::new(self.u_exit.finish()),
+        ];
+        u.extend(self.u_iv.finish());
+        out.push((DERIVED_RUNS, RecordBatch::try_new(schemas[DERIVED_RUNS].clone(), u)?));
+        Ok(out)
+    }
+}
+
+/// A run of identical derivations: `(rows, from)` still open.
+struct Open<T> {
+    rows: Option<(T, i64)>,
+}
+
+impl<T: PartialEq> Open<T> {
+    /// At instant `t` the derivation is `now`: closes the open one if it differs; returns the
+    /// closed `(rows, from)` to emit.
+    fn step(&mut self, now: Option<T>, t: i64) -> Option<(T, i64)> {
+        let same = match (&self.rows, &now) {
+            (Some((a, _)), Some(b)) => a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return None;
+        }
+        let closed = self.rows.take();
+        self.rows = now.map(|n| (n, t));
+        closed
+    }
+}
+
+/// The derived rows of the women `member` admits, from every version of their records
+/// (`inputs`: the five pushed tables in [`Table::ALL`] order, stored schema).
+fn compute(
+    inputs: &[RecordBatch],
+    member: &dyn Fn(&str) -> bool,
+    cycle: i64,
+    params: &RuleParams,
+) -> Result<Vec<(&'static str, RecordBatch)>> {
+    let schemas: HashMap<&str, SchemaRef> = derived_tables().into_iter().collect();
+    let mut out = Vec::new();
+    let mut women: HashMap<String, Vec<WomanRow>> = HashMap::new();
+    let mut events: HashMap<String, Vec<EventRow>> = HashMap::new();
+    for (t, b) in Table::ALL.iter().zip(inputs) {
+        let rows = current_rows(b, member)?;
+        let name = derived_current(*t);
+        out.push((name, with_intervals(b, &rows, cycle, &schemas[name])?));
+        match t {
+            Table::Women => {
+                let pk = utf8(b, "person_key")?;
+                let src = utf8(b, "source")?;
+                let rid = utf8(b, "record_id")?;
+                let region = utf8(b, "region_code")?;
+                let marital = utf8(b, "marital_status")?;
+                let eth = utf8(b, "ethnicity")?;
+                let birth = datafusion::arrow::compute::cast(
+                    b.column_by_name("birth_date").expect("birth_date"),
+                    &DataType::Date32,
+                )?;
+                let birth = birth.as_primitive::<Date32Type>();
+                let opt = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
+                for v in rows {
+                    let i = v.row;
+                    women
+                        .entry(pk.value(i).to_string())
+                        .or_default()
+                        .push(WomanRow {
+                            from: v.from,
+                            to: v.to,
+                            order: (v.from, src.value(i).to_string(), rid.value(i).to_string()),
+                            rec: PersonRec {
+                                region: opt(&region, i),
+                                marital: opt(&marital, i),
+                                ethnicity: opt(&eth, i),
+                                birth: (!birth.is_null(i)).then(|| date(birth.value(i))),
+                            },
+                        });
+                }
+            }
+            Table::LifeEvents => {
+                let pk = utf8(b, "person_key")?;
+                let kind = utf8(b, "event_type")?;
+                let region = utf8(b, "region_code")?;
+                let d = datafusion::arrow::compute::cast(
+                    b.column_by_name("event_date").expect("event_date"),
+                    &DataType::Date32,
+                )?;
+                let d = d.as_primitive::<Date32Type>();
+                for v in rows {
+                    let i = v.row;
+                    if d.is_null(i) || kind.is_null(i) {
+                        continue;
+                    }
+                    let Some(k) = EventKind::parse(kind.value(i)) else {
+                        continue;
+                    };
+                    events
+                        .entry(pk.value(i).to_string())
+                        .or_default()
+                        .push(EventRow {
+                            from: v.from,
+                            to: v.to,
+                            event: LifeEvent {
+                                date: date(d.value(i)),
+                                kind: k,
+                                region_code: (!region.is_null(i))
+                                    .then(|| region.value(i).to_string()),
+                            },
+                        });
+                }
+            }
+            _ => {}
+        }
+    }
+    let rule = params.rule_version();
+    let mut ancestors = Ancestors::default();
+    let mut bld = Builders::default();
+    let mut keys: Vec<&String> = women.keys().collect();
+    keys.sort();
+    let no_events = Vec::new();
+    for key in keys {
+        let ws = &women[key];
+        let es = events.get(key).unwrap_or(&no_events);
+        let mut instants: Vec<i64> = Vec::new();
+        for w in ws {
+            instants.push(w.from);
+            instants.extend(w.to);
+        }
+        for e in es {
+            instants.push(e.from);
+            instants.extend(e.to);
+        }
+        instants.sort_unstable();
+        instants.dedup();
+        let mut people: Open<PersonRec> = Open { rows: None };
+        let mut eps: Open<Vec<EpisodeRow>> = Open { rows: None };
+        let mut res: Open<Vec<ResidenceRow>> = Open { rows: None };
+        let mut runs: Open<Vec<RunRow>> = Open { rows: None };
+        for &t in &instants {
+            let rec = ws
+                .iter()
+                .filter(|w| holds(w.from, w.to, t))
+                .max_by(|a, b| a.order.cmp(&b.order));
+            let derived = rec.map(|w| {
+                let evs: Vec<LifeEvent> = es
+                    .iter()
+                    .filter(|e| holds(e.from, e.to, t))
+                    .map(|e| e.event.clone())
+                    .collect();
+                derive_woman(&w.rec, &evs, params, &mut ancestors)
+            });
+            let (p, e, r, u) = match derived {
+                Some(d) => (
+                    Some(d.person),
+                    Some(d.episodes).filter(|v| !v.is_empty()),
+                    Some(d.residence).filter(|v| !v.is_empty()),
+                    Some(d.runs).filter(|v| !v.is_empty()),
+                ),
+                None => (None, None, None, None),
+            };
+            if let Some((rows, from)) = people.step(p, t) {
+                bld.person(key, &rows, cycle, from, Some(t));
+            }
+            if let Some((rows, from)) = eps.step(e, t) {
+                bld.episodes(key, &rows, &rule, cycle, from, Some(t));
+            }
+            if let Some((rows, from)) = res.step(r, t) {
+                bld.residence(key, &rows, cycle, from, Some(t));
+            }
+            if let Some((rows, from)) = runs.step(u, t) {
+                bld.runs(key, &rows, cycle, from, Some(t));
+            }
+        }
+        if let Some((rows, from)) = people.rows.take() {
+            bld.person(key, &rows, cycle, from, None);
+        }
+        if let Some((rows, from)) = eps.rows.take() {
+            bld.episodes(key, &rows, &rule, cycle, from, None);
+        }
+        if let Some((rows, from)) = res.rows.take() {
+            bld.residence(key, &rows, cycle, from, None);
+        }
+        if let Some((rows, from)) = runs.rows.take() {
+            bld.runs(key, &rows, cycle, from, None);
+        }
+    }
+    out.extend(bld.finish()?);
+    Ok(out)
+}
