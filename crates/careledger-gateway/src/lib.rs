@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod commit;
+pub mod derive_task;
 pub mod disclosure;
 pub mod ingest;
 mod limits;
@@ -90,6 +91,8 @@ pub struct AppState {
     pub publisher: disclosure::Publisher,
     pub metrics: Arc<metrics::Metrics>,
     pub audit_log: audit::AuditLog,
+    /// Maintains the derived tables beside the queries (stopped when the state is dropped).
+    pub deriver: derive_task::DeriverTask,
 }
 
 impl AppState {
@@ -113,6 +116,11 @@ impl AppState {
             key.derive_secret("publication noise"),
         );
         let audit_log = audit::AuditLog::start(store.clone());
+        let deriver = derive_task::DeriverTask::start(
+            warehouse.deriver().clone(),
+            metrics.clone(),
+            query::query_runtime().handle(),
+        );
         let query = config.query.clone();
         let sql_slots = Arc::new(tokio::sync::Semaphore::new(query.max_concurrent.max(1)));
         Ok(Arc::new(AppState {
@@ -128,6 +136,7 @@ impl AppState {
             publisher,
             metrics,
             audit_log,
+            deriver,
         }))
     }
 

@@ -16,6 +16,16 @@ pub struct Metrics {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     not_modified: AtomicU64,
+    /// Woken after every data commit (the deriver waits on it).
+    pub committed: tokio::sync::Notify,
+    derive_cycles: AtomicU64,
+    derive_errors: AtomicU64,
+    derive_micros: AtomicU64,
+    derive_women: AtomicU64,
+    /// Pushed-table commits not yet reflected in the derived tables.
+    derive_pending_commits: AtomicU64,
+    /// Since when (µs since the Unix epoch) a commit has been waiting for the deriver; 0: none.
+    derive_behind_since: AtomicU64,
 }
 
 impl Metrics {
@@ -31,6 +41,31 @@ impl Metrics {
         self.commits.fetch_add(1, Relaxed);
         self.commit_micros
             .fetch_add(took.as_micros() as u64, Relaxed);
+        let now = chrono::Utc::now().timestamp_micros().max(1) as u64;
+        let _ = self
+            .derive_behind_since
+            .compare_exchange(0, now, Relaxed, Relaxed);
+        self.committed.notify_one();
+    }
+
+    /// One deriver cycle done.
+    pub fn derive_cycle(&self, took: Duration, women: usize) {
+        self.derive_cycles.fetch_add(1, Relaxed);
+        self.derive_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.derive_women.fetch_add(women as u64, Relaxed);
+    }
+
+    pub fn derive_error(&self) {
+        self.derive_errors.fetch_add(1, Relaxed);
+    }
+
+    /// What the deriver has left: commits not yet reflected (0: caught up).
+    pub fn derive_pending(&self, commits: u64) {
+        self.derive_pending_commits.store(commits, Relaxed);
+        if commits == 0 {
+            self.derive_behind_since.store(0, Relaxed);
+        }
     }
 
     pub fn query(&self, took: Duration) {
@@ -110,6 +145,39 @@ impl Metrics {
             "Report requests answered 304.",
             self.not_modified.load(Relaxed).to_string(),
         );
+        counter(
+            "careledger_derive_cycles_total",
+            "Deriver cycles completed (each rewrites the women its commits touched).",
+            self.derive_cycles.load(Relaxed).to_string(),
+        );
+        counter(
+            "careledger_derive_seconds_total",
+            "Time spent in deriver cycles.",
+            secs(&self.derive_micros).to_string(),
+        );
+        counter(
+            "careledger_derive_women_total",
+            "Women re-derived.",
+            self.derive_women.load(Relaxed).to_string(),
+        );
+        counter(
+            "careledger_derive_errors_total",
+            "Deriver cycles that failed (retried).",
+            self.derive_errors.load(Relaxed).to_string(),
+        );
+        let since = self.derive_behind_since.load(Relaxed);
+        let lag = if since == 0 {
+            0.0
+        } else {
+            (chrono::Utc::now().timestamp_micros() as f64 - since as f64).max(0.0) / 1e6
+        };
+        out.push_str(&format!(
+            "# HELP careledger_derive_lag_seconds How long the oldest commit not yet in the derived tables has waited (0: caught up).\n\
+             # TYPE careledger_derive_lag_seconds gauge\ncareledger_derive_lag_seconds {lag}\n\
+             # HELP careledger_derive_pending_commits Pushed-table commits not yet in the derived tables.\n\
+             # TYPE careledger_derive_pending_commits gauge\ncareledger_derive_pending_commits {}\n",
+            self.derive_pending_commits.load(Relaxed)
+        ));
         out
     }
 }

@@ -204,16 +204,34 @@ fn apply(batch: &RecordBatch, s: &Suppression) -> Result<RecordBatch, Problem> {
 }
 
 /// Encodes a whole result. `suppression` is set for dashboard output.
+/// The Arrow / Parquet schema metadata key of what an answer reflects (JSON text).
+pub const REFLECTS_METADATA: &str = "careledger.reflects";
+
 pub fn encode(
     format: Format,
     batch: &RecordBatch,
     suppression: Option<&Suppression>,
     json_row_cap: usize,
+    reflects: Option<&Value>,
 ) -> Result<Bytes, Problem> {
     let batch = plain(batch)?;
     let batch = match suppression {
         Some(s) => apply(&batch, s)?,
         None => batch,
+    };
+    // What the answer reflects: `reflects` in JSON, schema metadata in Arrow and Parquet.
+    let batch = match (reflects, format) {
+        (Some(r), Format::Arrow | Format::Parquet) => {
+            let schema = batch.schema().as_ref().clone().with_metadata(
+                [(REFLECTS_METADATA.to_string(), r.to_string())]
+                    .into_iter()
+                    .collect(),
+            );
+            batch
+                .with_schema(Arc::new(schema))
+                .map_err(|e| Problem::internal("schema metadata", &e))?
+        }
+        _ => batch,
     };
     match format {
         Format::Json => {
@@ -237,6 +255,9 @@ pub fn encode(
                 .map(|r| Value::Array(batch.columns().iter().map(|c| cell(c, r)).collect()))
                 .collect();
             let mut body = json!({"columns": columns, "rows": rows, "row_count": batch.num_rows()});
+            if let Some(r) = reflects {
+                body["reflects"] = r.clone();
+            }
             if let Some(s) = suppression {
                 body["suppressed"] =
                     json!(s.cells.iter().map(|(r, c)| [*r, *c]).collect::<Vec<_>>());

@@ -46,6 +46,9 @@ pub struct QueryConfig {
     pub cache_entries: usize,
     /// Bytes of SQL text one `POST /v1/sql` may carry.
     pub max_sql_bytes: usize,
+    /// Every query waits (within `timeout`) until the derived tables reflect every commit
+    /// made before it arrived, as if it asked `wait_for=latest` (`serve --read-your-writes`).
+    pub read_your_writes: bool,
 }
 
 impl Default for QueryConfig {
@@ -58,6 +61,7 @@ impl Default for QueryConfig {
             disclosure_k: 5,
             cache_entries: 64,
             max_sql_bytes: 100 * 1024,
+            read_your_writes: false,
         }
     }
 }
@@ -204,17 +208,97 @@ pub struct SqlRequest {
     #[serde(default)]
     pub params: BTreeMap<String, Value>,
     pub known_at: Option<String>,
+    /// A batch id, or `latest`: wait until the answer reflects it (see [`wait_if_asked`]).
+    pub wait_for: Option<String>,
 }
 
-/// `format=` and `known_at=` beside the report parameters.
+/// `format=` and `wait_for=` beside the report parameters (`known_at` is one of them).
 fn split_query(q: &HashMap<String, String>) -> (Option<String>, HashMap<String, String>) {
     let format = q.get("format").cloned();
     let params = q
         .iter()
-        .filter(|(k, _)| k.as_str() != "format")
+        .filter(|(k, _)| k.as_str() != "format" && k.as_str() != "wait_for")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     (format, params)
+}
+
+/// What an answer reflects, as JSON: the deriver's cycle, the latest commit time of pushed
+/// rows it includes, and the version of every pushed table it has read.
+pub(crate) fn reflects_json(d: &careledger_warehouse::DerivedState) -> Value {
+    json!({
+        "cycle": d.cycle,
+        "ingested_at": d.reflects_at().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        "table_versions": d.sources,
+    })
+}
+
+/// The freshness headers: `Careledger-Reflects-Ingested-At` (the latest commit time of pushed
+/// rows the answer includes) and `Careledger-Derived-Cycle`.
+fn freshness_headers(resp: &mut Response, d: &careledger_warehouse::DerivedState) {
+    if let Some(t) = d.reflects_at()
+        && let Ok(v) =
+            HeaderValue::from_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    {
+        resp.headers_mut()
+            .insert("careledger-reflects-ingested-at", v);
+    }
+    resp.headers_mut().insert(
+        "careledger-derived-cycle",
+        HeaderValue::from_str(&d.cycle.to_string()).expect("digits"),
+    );
+}
+
+/// Waits, at most the query timeout, until the derived tables reflect what `wait_for` names:
+/// a batch id (its table's version at its commit), or `latest` (every commit made before
+/// now). Without `wait_for`, only when the server reads its own writes. An unknown batch is a
+/// 404; not reflected in time, a 503 with Retry-After.
+pub(crate) async fn wait_if_asked(state: &AppState, wait_for: Option<&str>) -> Result<(), Problem> {
+    let wait_for = match wait_for {
+        Some(w) => w.trim(),
+        None if state.query.read_your_writes => "latest",
+        None => return Ok(()),
+    };
+    let mut targets = Vec::new();
+    if wait_for == "latest" {
+        for t in careledger_model::Table::ALL {
+            let v = state
+                .store
+                .refresh(t.as_str())
+                .await
+                .map_err(|e| Problem::internal("reading table versions", &e))?
+                .version()
+                .unwrap_or(0);
+            targets.push((t.as_str().to_string(), v));
+        }
+    } else {
+        let found = state
+            .warehouse
+            .batch_version(wait_for)
+            .await
+            .map_err(query_problem)?;
+        let Some((table, version)) = found else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-batch",
+                format!(
+                    "wait_for {wait_for:?} names no committed batch (give the batch_id of a receipt, or latest)"
+                ),
+            ));
+        };
+        targets.push((table, version));
+    }
+    if state.deriver.wait_for(&targets, state.query.timeout).await {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not-reflected-yet",
+        format!(
+            "the derived ledger does not reflect {wait_for} after {} s; retry, or ask without wait_for for what it reflects now",
+            state.query.timeout.as_secs()
+        ),
+    ))
 }
 
 fn respond(format: Format, body: Bytes, etag: Option<&str>) -> Response {
@@ -377,7 +461,7 @@ const QUERY_STACK_BYTES: usize = 256 * 1024 * 1024;
 /// The runtime that plans and runs user SQL, apart from the one serving HTTP: deep plans get
 /// large stacks, and a query busy in one long synchronous step (planning, an operator that
 /// does not yield) cannot hold up ingest or stop its own timeout from answering.
-fn query_runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn query_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -617,15 +701,24 @@ pub async fn sql(
         ));
     }
     let known_at = known_at_of(&state, req.known_at.as_ref())?;
+    wait_if_asked(
+        &state,
+        q.get("wait_for")
+            .or(req.wait_for.as_ref())
+            .map(String::as_str),
+    )
+    .await?;
     let Some(slot) = sql_slot(&state) else {
         return Ok(too_many_queries(&state));
     };
+    let mut reflects = careledger_warehouse::DerivedState::default();
     let outcome = async {
         let snap = state
             .warehouse
             .snapshot_as(known_at, &access_of(&p))
             .await
             .map_err(query_problem)?;
+        reflects = snap.derived.clone();
         let values: Vec<(String, ScalarValue)> = req
             .params
             .iter()
@@ -641,7 +734,13 @@ pub async fn sql(
             Ran::Stream(stream, running) => Ok::<_, Problem>(Answer::Stream(stream, running)),
             Ran::Whole(schema, batches) => {
                 let batch = concat(&schema, &batches)?;
-                let bytes = encode(format, &batch, None, state.query.json_row_cap)?;
+                let bytes = encode(
+                    format,
+                    &batch,
+                    None,
+                    state.query.json_row_cap,
+                    Some(&reflects_json(&reflects)),
+                )?;
                 Ok::<_, Problem>(Answer::Whole(batch.num_rows(), bytes))
             }
         }
@@ -649,16 +748,20 @@ pub async fn sql(
     .await;
     let params_text = Some(json!(req.params).to_string());
     match outcome {
-        Ok(Answer::Stream(stream, running)) => Ok(stream_response(
-            state,
-            p,
-            req.sql,
-            params_text,
-            format,
-            stream,
-            running,
-            started,
-        )),
+        Ok(Answer::Stream(stream, running)) => {
+            let mut resp = stream_response(
+                state,
+                p,
+                req.sql,
+                params_text,
+                format,
+                stream,
+                running,
+                started,
+            );
+            freshness_headers(&mut resp, &reflects);
+            Ok(resp)
+        }
         Ok(Answer::Whole(rows, bytes)) => {
             state.audit(AuditEntry::new(
                 &p,
@@ -669,7 +772,9 @@ pub async fn sql(
                 started,
             ));
             state.metrics.query(started.elapsed());
-            Ok(respond(format, bytes, None))
+            let mut resp = respond(format, bytes, None);
+            freshness_headers(&mut resp, &reflects);
+            Ok(resp)
         }
         Err(e) => {
             state.audit(AuditEntry::new(
@@ -821,6 +926,13 @@ pub async fn run_report(
     if p.role == Role::Dashboard {
         check_reference_periods(spec, &params)?;
     }
+    wait_if_asked(&state, q.get("wait_for").map(String::as_str)).await?;
+    // What the derived tables reflect: part of the ETag (a report reads them), and stated in
+    // the answer. A cycle completing before the report's own snapshot makes the answer newer
+    // than stated, never older.
+    let derived = careledger_warehouse::DerivedState::read(&state.store)
+        .await
+        .map_err(query_problem)?;
 
     // The ETag names everything the answer depends on: report, parameters, who asks (role
     // and scope), the format, and the version of every table read.
@@ -843,6 +955,7 @@ pub async fn run_report(
     h.update(serde_json::to_vec(&json!({
         "report": name, "params": sorted, "role": p.role.as_string(), "scope": p.scope,
         "format": format.as_str(), "versions": versions, "rule": state.warehouse.rule().rule_version(),
+        "derived": [derived.cycle, derived.floor],
         "k": state.query.disclosure_k,
     })).expect("json"));
     let etag = format!("\"{}\"", hex::encode(&h.finalize()[..16]));
@@ -855,11 +968,14 @@ pub async fn run_report(
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         resp.headers_mut()
             .insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
+        freshness_headers(&mut resp, &derived);
         return Ok(resp);
     }
     if let Some(body) = state.cache.get(&etag) {
         state.metrics.cache_hit();
-        return Ok(respond(format, body, Some(&etag)));
+        let mut resp = respond(format, body, Some(&etag));
+        freshness_headers(&mut resp, &derived);
+        return Ok(resp);
     }
     state.metrics.cache_miss();
     let outcome = async {
@@ -898,6 +1014,7 @@ pub async fn run_report(
             &batch,
             suppression.as_ref(),
             state.query.json_row_cap,
+            Some(&reflects_json(&derived)),
         )?;
         Ok::<_, Problem>((batch.num_rows(), bytes))
     }
@@ -915,7 +1032,9 @@ pub async fn run_report(
     state
         .cache
         .put(etag.clone(), bytes.clone(), state.query.cache_entries);
-    Ok(respond(format, bytes, Some(&etag)))
+    let mut resp = respond(format, bytes, Some(&etag));
+    freshness_headers(&mut resp, &derived);
+    Ok(resp)
 }
 
 /// Table-level descriptions for `GET /v1/tables`.

@@ -381,9 +381,11 @@ impl Store {
         let mut out = Vec::new();
         for version in after + 1..=upto {
             let Some(bytes) = table.log_store().read_commit_entry(version).await? else {
-                return Err(StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
-                    "table {name}: commit {version} is missing, so the rows it added cannot be read"
-                ))));
+                return Err(StoreError::Delta(deltalake::DeltaTableError::Generic(
+                    format!(
+                        "table {name}: commit {version} is missing, so the rows it added cannot be read"
+                    ),
+                )));
             };
             let paths = added_paths(&bytes).map_err(|e| {
                 StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
@@ -539,7 +541,9 @@ fn added_paths(commit: &[u8]) -> std::result::Result<Vec<String>, serde_json::Er
         let action: serde_json::Value = serde_json::from_slice(line)?;
         if let Some(add) = action.get("add") {
             let data_change = add.get("dataChange").and_then(serde_json::Value::as_bool);
-            if let (Some(path), Some(true)) = (add.get("path").and_then(|p| p.as_str()), data_change) {
+            if let (Some(path), Some(true)) =
+                (add.get("path").and_then(|p| p.as_str()), data_change)
+            {
                 out.push(path.to_string());
             }
         }

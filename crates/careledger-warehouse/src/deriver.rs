@@ -216,7 +216,7 @@ impl Deriver {
         let mut changed = false;
         for t in Table::ALL {
             let table = self.store.refresh(t.as_str()).await?;
-            let v = table.version().unwrap_or(0) as u64;
+            let v = table.version().unwrap_or(0);
             changed |= v > state.sources[t.as_str()];
             tables.push((t, table.table_provider().await?, v));
         }
@@ -305,7 +305,8 @@ impl Deriver {
         };
         stats.women = touched.len();
         stats.read += started.elapsed();
-        self.derive_and_write(&ctx, &women, cycle, &mut stats).await?;
+        self.derive_and_write(&ctx, &women, cycle, &mut stats)
+            .await?;
         let write = Instant::now();
         next.superseded_rows += touched.len() as i64;
         let superseded = RecordBatch::try_new(
@@ -349,7 +350,7 @@ impl Deriver {
         let mut bytes = 0u64;
         for t in Table::ALL {
             let table = self.store.refresh(t.as_str()).await?;
-            let v = table.version().unwrap_or(0) as u64;
+            let v = table.version().unwrap_or(0);
             next.sources.insert(t.as_str().to_string(), v);
             bytes += self.store.file_stats(t.as_str()).await?.bytes;
             tables.push((t, table.table_provider().await?, v));
@@ -371,7 +372,7 @@ impl Deriver {
                     &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
                 )?;
                 let c = c.as_primitive::<TimestampMicrosecondType>();
-                if c.len() > 0 && !c.is_null(0) {
+                if !c.is_empty() && !c.is_null(0) {
                     next.reflects = Some(next.reflects.unwrap_or(i64::MIN).max(c.value(0)));
                 }
             }
@@ -428,6 +429,37 @@ impl Deriver {
         Ok(())
     }
 
+    /// The live rows of derived table `name` as of the last complete cycle, every column but
+    /// `gen` (for tests, and for reading the derived ledger without the SQL views).
+    pub async fn live_rows(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        let state = DerivedState::read(&self.store).await?;
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let sup = self.store.refresh(DERIVED_SUPERSEDED).await?;
+        ctx.register_table("superseded_", sup.table_provider().await?)?;
+        let table = self.store.refresh(name).await?;
+        ctx.register_table("t_", table.table_provider().await?)?;
+        let schema = derived_tables()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| WarehouseError::Deriver(format!("no derived table {name}")))?
+            .1;
+        let cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != "gen")
+            .map(|f| format!("t.\"{}\"", f.name()))
+            .collect();
+        Ok(ctx
+            .sql(&format!(
+                "SELECT {} FROM {}",
+                cols.join(", "),
+                live_from("t_", "superseded_", &state)
+            ))
+            .await?
+            .collect()
+            .await?)
+    }
+
     /// Rewrites the derived tables with their live rows only, and empties
     /// `derived/superseded`. Answers are unchanged.
     pub async fn compact(&self) -> Result<usize> {
@@ -446,11 +478,7 @@ impl Deriver {
                 .iter()
                 .map(|f| format!("t.\"{}\"", f.name()))
                 .collect();
-            let before = ctx
-                .sql("SELECT count(*) FROM t_")
-                .await?
-                .collect()
-                .await?;
+            let before = ctx.sql("SELECT count(*) FROM t_").await?.collect().await?;
             let live = ctx
                 .sql(&format!(
                     "SELECT {} FROM {}",
@@ -840,7 +868,15 @@ impl Builders {
         self.p_iv.push(cycle, from, to);
     }
 
-    fn episodes(&mut self, key: &str, rows: &[EpisodeRow], rule: &str, cycle: i64, from: i64, to: Option<i64>) {
+    fn episodes(
+        &mut self,
+        key: &str,
+        rows: &[EpisodeRow],
+        rule: &str,
+        cycle: i64,
+        from: i64,
+        to: Option<i64>,
+    ) {
         for e in rows {
             self.e_key.append_value(key);
             self.e_no.append_value(e.no);
@@ -855,7 +891,14 @@ impl Builders {
         }
     }
 
-    fn residence(&mut self, key: &str, rows: &[ResidenceRow], cycle: i64, from: i64, to: Option<i64>) {
+    fn residence(
+        &mut self,
+        key: &str,
+        rows: &[ResidenceRow],
+        cycle: i64,
+        from: i64,
+        to: Option<i64>,
+    ) {
         for r in rows {
             self.r_key.append_value(key);
             self.r_from.append_value(r.from);
@@ -890,7 +933,10 @@ impl Builders {
             Arc::new(self.p_birth.finish()),
         ];
         p.extend(self.p_iv.finish());
-        out.push((DERIVED_PEOPLE, RecordBatch::try_new(schemas[DERIVED_PEOPLE].clone(), p)?));
+        out.push((
+            DERIVED_PEOPLE,
+            RecordBatch::try_new(schemas[DERIVED_PEOPLE].clone(), p)?,
+        ));
         let mut e: Vec<ArrayRef> = vec![
             Arc::new(self.e_key.finish()),
             Arc::new(self.e_no.finish()),
@@ -903,7 +949,10 @@ impl Builders {
             Arc::new(self.e_rule.finish()),
         ];
         e.extend(self.e_iv.finish());
-        out.push((DERIVED_EPISODES, RecordBatch::try_new(schemas[DERIVED_EPISODES].clone(), e)?));
+        out.push((
+            DERIVED_EPISODES,
+            RecordBatch::try_new(schemas[DERIVED_EPISODES].clone(), e)?,
+        ));
         let mut r: Vec<ArrayRef> = vec![
             Arc::new(self.r_key.finish()),
             Arc::new(self.r_from.finish()),
@@ -911,7 +960,10 @@ impl Builders {
             Arc::new(self.r_region.finish()),
         ];
         r.extend(self.r_iv.finish());
-        out.push((DERIVED_RESIDENCE, RecordBatch::try_new(schemas[DERIVED_RESIDENCE].clone(), r)?));
+        out.push((
+            DERIVED_RESIDENCE,
+            RecordBatch::try_new(schemas[DERIVED_RESIDENCE].clone(), r)?,
+        ));
         let mut u: Vec<ArrayRef> = vec![
             Arc::new(self.u_level.finish()),
             Arc::new(self.u_region.finish()),
@@ -923,7 +975,10 @@ impl Builders {
             Arc::new(self.u_exit.finish()),
         ];
         u.extend(self.u_iv.finish());
-        out.push((DERIVED_RUNS, RecordBatch::try_new(schemas[DERIVED_RUNS].clone(), u)?));
+        out.push((
+            DERIVED_RUNS,
+            RecordBatch::try_new(schemas[DERIVED_RUNS].clone(), u)?,
+        ));
         Ok(out)
     }
 }
@@ -980,7 +1035,8 @@ fn compute(
                     &DataType::Date32,
                 )?;
                 let birth = birth.as_primitive::<Date32Type>();
-                let opt = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
+                let opt =
+                    |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
                 for v in rows {
                     let i = v.row;
                     women

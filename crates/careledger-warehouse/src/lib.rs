@@ -333,6 +333,34 @@ impl Warehouse {
         &self.deriver
     }
 
+    /// The pushed table and its version at the commit of batch `batch_id` (None: no such
+    /// committed batch).
+    pub async fn batch_version(&self, batch_id: &str) -> Result<Option<(String, u64)>> {
+        let ctx = SessionContext::new();
+        ctx.register_table(
+            "b",
+            self.store.refresh(BATCHES).await?.table_provider().await?,
+        )?;
+        let rows = ctx
+            .sql("SELECT table_name, table_version FROM b WHERE batch_id = $1 AND table_version IS NOT NULL")
+            .await?
+            .with_param_values(vec![ScalarValue::Utf8(Some(batch_id.to_string()))])?
+            .collect()
+            .await?;
+        for b in rows {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let t = datafusion::arrow::compute::cast(b.column(0), &arrow_schema::DataType::Utf8)?;
+            let v = datafusion::arrow::compute::cast(b.column(1), &arrow_schema::DataType::Int64)?;
+            use arrow_array::cast::AsArray;
+            let t = t.as_string::<i32>().value(0).to_string();
+            let v = v.as_primitive::<arrow_array::types::Int64Type>().value(0);
+            return Ok(Some((t, v.max(0) as u64)));
+        }
+        Ok(None)
+    }
+
     /// Derives every commit present now (tests, the CLI, the demo; the server's deriver task
     /// does this in the background).
     pub async fn catch_up(&self) -> Result<Vec<CycleStats>> {
@@ -425,7 +453,11 @@ impl Warehouse {
             fields.iter().map(|f| f.name().clone()).collect()
         };
         stored.push(("people", DERIVED_PEOPLE, names_of(people_fields())));
-        stored.push(("status_episodes", DERIVED_EPISODES, names_of(episode_fields())));
+        stored.push((
+            "status_episodes",
+            DERIVED_EPISODES,
+            names_of(episode_fields()),
+        ));
         stored.push(("residence", DERIVED_RESIDENCE, names_of(residence_fields())));
         stored.push(("ledger_runs", DERIVED_RUNS, names_of(run_fields())));
         for (i, (name, table, cols)) in stored.iter().enumerate() {
@@ -442,7 +474,11 @@ impl Warehouse {
                     deriver::live_from(&provider, "dx_superseded", &derived)
                 ))
                 .await?;
-            let view = if known_at.is_some() { bind(view)? } else { view };
+            let view = if known_at.is_some() {
+                bind(view)?
+            } else {
+                view
+            };
             ctx.register_table(*name, view.into_view())?;
         }
         let batches = ctx

@@ -145,7 +145,9 @@ impl Backend {
                 server,
                 token,
             } => {
-                let url = format!("{server}/v1/sql?format={}", format.as_str());
+                // What this user pushed before is in the answer (bounded by the server's
+                // query timeout).
+                let url = format!("{server}/v1/sql?format={}&wait_for=latest", format.as_str());
                 let resp = client
                     .post(&url)
                     .bearer_auth(token)
@@ -191,6 +193,9 @@ impl Backend {
             } => {
                 let mut query: Vec<(String, String)> = params.to_vec();
                 query.push(("format".into(), format.as_str().into()));
+                if !params.iter().any(|(k, _)| k == "wait_for") {
+                    query.push(("wait_for".into(), "latest".into()));
+                }
                 let url = format!("{server}/v1/reports/{name}");
                 let resp = client
                     .get(&url)
@@ -281,7 +286,7 @@ fn local_encode(
     batches: &[arrow_array::RecordBatch],
 ) -> Result<Bytes> {
     let batch = concat(schema, batches).map_err(|p| anyhow::anyhow!("{}", p.detail))?;
-    encode(format, &batch, None, usize::MAX).map_err(|p| anyhow::anyhow!("{}", p.detail))
+    encode(format, &batch, None, usize::MAX, None).map_err(|p| anyhow::anyhow!("{}", p.detail))
 }
 
 /// The body of a successful answer, or the server's problem as an error.

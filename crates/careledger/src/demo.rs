@@ -176,8 +176,9 @@ pub(crate) async fn run(mut args: DemoArgs) -> Result<()> {
             14,
         ),
     ] {
+        // Reflecting every batch pushed above (the deriver runs beside the server).
         let resp = client
-            .get(format!("{base}{path}"))
+            .get(format!("{base}{path}&wait_for=latest"))
             .bearer_auth(&admin)
             .send()
             .await?;

@@ -136,6 +136,11 @@ struct ServeArgs {
     /// SQL queries (`POST /v1/sql`) run at once; past it, 503 with Retry-After.
     #[arg(long, env = "CARELEDGER_MAX_QUERIES", default_value_t = 4)]
     max_queries: usize,
+    /// Every query waits (up to the query timeout) until the derived ledger reflects every
+    /// commit made before it arrived, as if it asked `wait_for=latest`. Off: a query answers
+    /// at once with what the deriver has reached, and says so in its headers.
+    #[arg(long, env = "CARELEDGER_READ_YOUR_WRITES")]
+    read_your_writes: bool,
     /// The IANA time zone of every "day": future dates at ingest, a date-only known_at,
     /// source health's lags and frozen periods.
     #[arg(long, env = "CARELEDGER_TIME_ZONE", default_value = careledger_model::LocalZone::DEFAULT)]
@@ -264,6 +269,7 @@ struct ServeFile {
     query_memory_mib: Option<usize>,
     query_timeout_s: Option<u64>,
     max_queries: Option<usize>,
+    read_your_writes: Option<bool>,
     time_zone: Option<String>,
 }
 
@@ -335,6 +341,9 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     }
     if let Some(v) = file.max_queries.filter(|_| unset("max_queries")) {
         args.max_queries = v;
+    }
+    if let Some(v) = file.read_your_writes.filter(|_| unset("read_your_writes")) {
+        args.read_your_writes = v;
     }
     if let Some(v) = file.time_zone.filter(|_| unset("time_zone")) {
         args.time_zone = v;
@@ -543,6 +552,7 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
             memory_limit: args.query_memory_mib.max(1) * 1024 * 1024,
             timeout: Duration::from_secs(args.query_timeout_s.max(1)),
             max_concurrent: args.max_queries.max(1),
+            read_your_writes: args.read_your_writes,
             ..Default::default()
         },
         time_zone: careledger_model::LocalZone::parse(&args.time_zone)

@@ -131,8 +131,10 @@ impl Harness {
 async fn start(
     dir: &std::path::Path,
     tokens: Arc<TokenRegistry>,
-    config: GatewayConfig,
+    mut config: GatewayConfig,
 ) -> Arc<AppState> {
+    // A test pushes, then reads what it pushed: every query waits for the deriver.
+    config.query.read_your_writes = true;
     let store = Arc::new(Store::open(dir.to_str().unwrap()).await.unwrap());
     AppState::start(store, tokens, key(), config).await.unwrap()
 }

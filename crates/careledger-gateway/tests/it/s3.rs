@@ -109,7 +109,9 @@ async fn gateway(endpoint: &str, tokens: Arc<TokenRegistry>) -> Arc<AppState> {
     let store = Store::open_with_options("s3://careledger/ledger", options(endpoint))
         .await
         .expect("opening the s3 store");
-    AppState::start(Arc::new(store), tokens, key(), GatewayConfig::default())
+    let mut config = GatewayConfig::default();
+    config.query.read_your_writes = true;
+    AppState::start(Arc::new(store), tokens, key(), config)
         .await
         .unwrap()
 }

@@ -3,6 +3,7 @@
 
 mod balance_props;
 mod derive_props;
+mod incremental;
 mod known_at;
 mod ledger;
 mod local_days;

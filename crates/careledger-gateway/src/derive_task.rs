@@ -1,0 +1,137 @@
+//! The server's deriver task: beside the query engine, never inside a request. It wakes after
+//! every data commit (and every second, for commits of other processes), runs cycles of
+//! [`careledger_warehouse::Deriver`] until the derived tables reflect every commit, and
+//! publishes what they reflect, so that a request can wait (bounded) for a batch it was
+//! acknowledged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use careledger_model::Table;
+use careledger_store::Store;
+use careledger_warehouse::{DerivedState, Deriver};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// Handle of the running deriver task; dropping it stops the task.
+#[derive(Debug)]
+pub struct DeriverTask {
+    state: watch::Receiver<DerivedState>,
+    stop: Arc<Stop>,
+}
+
+#[derive(Debug, Default)]
+struct Stop {
+    flag: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Drop for DeriverTask {
+    fn drop(&mut self) {
+        self.stop.flag.store(true, Ordering::Relaxed);
+        self.stop.wake.notify_one();
+    }
+}
+
+impl DeriverTask {
+    /// Starts the task on `runtime` (the query runtime: its scans and decoding stay off the
+    /// threads that serve HTTP; the rule itself runs on blocking threads).
+    pub fn start(
+        deriver: Arc<Deriver>,
+        metrics: Arc<Metrics>,
+        runtime: &tokio::runtime::Handle,
+    ) -> DeriverTask {
+        let (tx, rx) = watch::channel(DerivedState::default());
+        let stop = Arc::new(Stop::default());
+        let task_stop = stop.clone();
+        runtime.spawn(async move {
+            let store = deriver.store().clone();
+            loop {
+                if task_stop.flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                let mut failed = false;
+                loop {
+                    let started = Instant::now();
+                    match deriver.run_once().await {
+                        Ok(Some(stats)) => {
+                            metrics.derive_cycle(started.elapsed(), stats.women);
+                            tracing::debug!(
+                                cycle = stats.cycle,
+                                women = stats.women,
+                                rows = stats.rows_written,
+                                ms = started.elapsed().as_millis() as u64,
+                                "derived"
+                            );
+                            if let Ok(s) = DerivedState::read(&store).await {
+                                let _ = tx.send(s);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            metrics.derive_error();
+                            tracing::error!(error = %e, "deriver cycle failed; retrying");
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if task_stop.flag.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+                if let Ok(s) = DerivedState::read(&store).await {
+                    metrics.derive_pending(pending(&store, &s).await);
+                    let _ = tx.send(s);
+                }
+                let pause = if failed {
+                    Duration::from_secs(2)
+                } else {
+                    Duration::from_secs(1)
+                };
+                tokio::select! {
+                    _ = metrics.committed.notified() => {}
+                    _ = task_stop.wake.notified() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        });
+        DeriverTask { state: rx, stop }
+    }
+
+    /// What the derived tables reflect now.
+    pub fn state(&self) -> DerivedState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the derived tables reflect version `version` of every `(table, version)`,
+    /// at most `bound`; whether they do.
+    pub async fn wait_for(&self, targets: &[(String, u64)], bound: Duration) -> bool {
+        let mut rx = self.state.clone();
+        let done = |s: &DerivedState| targets.iter().all(|(t, v)| s.covers(t, *v));
+        let wait = async {
+            loop {
+                if done(&rx.borrow_and_update()) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(bound, wait).await.unwrap_or(false)
+    }
+}
+
+/// Commits of the pushed tables not yet reflected.
+async fn pending(store: &Store, state: &DerivedState) -> u64 {
+    let mut n = 0;
+    for t in Table::ALL {
+        if let Ok(table) = store.table(t.as_str()).await {
+            let v = table.version().unwrap_or(0);
+            n += v.saturating_sub(state.sources.get(t.as_str()).copied().unwrap_or(0));
+        }
+    }
+    n
+}
