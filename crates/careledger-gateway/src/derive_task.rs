@@ -83,6 +83,20 @@ impl DeriverTask {
                 }
                 if let Ok(s) = DerivedState::read(&store).await {
                     metrics.derive_pending(pending(&store, &s).await);
+                    if !failed && Deriver::needs_compaction(&s) {
+                        let started = Instant::now();
+                        match deriver.compact().await {
+                            Ok(dropped) => tracing::info!(
+                                dropped,
+                                ms = started.elapsed().as_millis() as u64,
+                                "derived tables compacted"
+                            ),
+                            Err(e) => {
+                                metrics.derive_error();
+                                tracing::error!(error = %e, "compacting the derived tables failed");
+                            }
+                        }
+                    }
                     let _ = tx.send(s);
                 }
                 let pause = if failed {

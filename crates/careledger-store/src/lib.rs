@@ -454,6 +454,16 @@ impl Store {
     /// Replaces every row of `name` by `append`'s rows in one commit (with its transactions
     /// and metadata); readers of older versions are unaffected.
     pub async fn overwrite(&self, name: &str, append: Append) -> Result<u64> {
+        self.replace(name, None, append).await
+    }
+
+    /// Replaces the rows of `name` that match `predicate` (SQL over its columns) by
+    /// `append`'s rows, which must all match it, in one commit.
+    pub async fn replace_where(&self, name: &str, predicate: &str, append: Append) -> Result<u64> {
+        self.replace(name, Some(predicate), append).await
+    }
+
+    async fn replace(&self, name: &str, predicate: Option<&str>, append: Append) -> Result<u64> {
         let slot = self.slot(name)?;
         let mut guard = slot.lock().await;
         guard.update_state().await?;
@@ -477,10 +487,14 @@ impl Store {
                     .collect(),
             );
         }
-        let written = guard
+        let mut builder = guard
             .clone()
             .write(batches)
-            .with_save_mode(SaveMode::Overwrite)
+            .with_save_mode(SaveMode::Overwrite);
+        if let Some(p) = predicate {
+            builder = builder.with_replace_where(p.to_string());
+        }
+        let written = builder
             .with_writer_properties(self.writer.clone())
             .with_commit_properties(props)
             .await?;

@@ -49,6 +49,7 @@ const APP_FLOOR: &str = "careledger-deriver/floor";
 const APP_RULE: &str = "careledger-deriver/rule";
 const APP_REFLECTS: &str = "careledger-deriver/reflects";
 const APP_SUPERSEDED: &str = "careledger-deriver/superseded-rows";
+const APP_WOMEN: &str = "careledger-deriver/women";
 
 fn app_source(table: Table) -> String {
     format!("careledger-deriver/source/{}", table.as_str())
@@ -76,20 +77,29 @@ pub struct DerivedState {
     pub reflects: Option<i64>,
     /// Entries in `derived/superseded` (0: every stored row of a complete cycle is live).
     pub superseded_rows: i64,
+    /// Women with a current `people` row at the last rebuild or compaction.
+    pub women: i64,
 }
 
 impl DerivedState {
     /// Reads the watermark from the store's latest `derived/superseded` commit.
     pub async fn read(store: &Store) -> Result<DerivedState> {
-        let mut apps: Vec<String> = [APP_GEN, APP_FLOOR, APP_RULE, APP_REFLECTS, APP_SUPERSEDED]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut apps: Vec<String> = [
+            APP_GEN,
+            APP_FLOOR,
+            APP_RULE,
+            APP_REFLECTS,
+            APP_SUPERSEDED,
+            APP_WOMEN,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         apps.extend(Table::ALL.iter().map(|t| app_source(*t)));
         let v = store.txn_versions(DERIVED_SUPERSEDED, &apps).await?;
         let mut sources = BTreeMap::new();
         for (i, t) in Table::ALL.iter().enumerate() {
-            sources.insert(t.as_str().to_string(), v[5 + i].unwrap_or(0).max(0) as u64);
+            sources.insert(t.as_str().to_string(), v[6 + i].unwrap_or(0).max(0) as u64);
         }
         Ok(DerivedState {
             cycle: v[0].unwrap_or(0),
@@ -97,6 +107,7 @@ impl DerivedState {
             rule: v[2],
             reflects: v[3],
             superseded_rows: v[4].unwrap_or(0),
+            women: v[5].unwrap_or(0),
             sources,
         })
     }
@@ -117,6 +128,7 @@ impl DerivedState {
             (APP_FLOOR.to_string(), self.floor),
             (APP_RULE.to_string(), rule),
             (APP_SUPERSEDED.to_string(), self.superseded_rows),
+            (APP_WOMEN.to_string(), self.women),
         ];
         if let Some(r) = self.reflects {
             out.push((APP_REFLECTS.to_string(), r));
@@ -138,6 +150,8 @@ pub struct CycleStats {
     pub new_rows: usize,
     /// Women rewritten.
     pub women: usize,
+    /// Of them, women with a current `people` row.
+    pub women_current: usize,
     /// Derived rows written.
     pub rows_written: usize,
     /// Time spent reading, deriving (the CPU part) and writing.
@@ -396,6 +410,7 @@ impl Deriver {
             self.derive_and_write(&ctx, &Women::Prefixes(prefixes), cycle, &mut stats)
                 .await?;
         }
+        next.women = stats.women_current as i64;
         let write = Instant::now();
         // The old entries are below the floor: cleared with the commit that sets it.
         self.store
@@ -460,8 +475,15 @@ impl Deriver {
             .await?)
     }
 
-    /// Rewrites the derived tables with their live rows only, and empties
-    /// `derived/superseded`. Answers are unchanged.
+    /// Whether dead rows are many enough to rewrite the tables without them: more superseded
+    /// entries than a quarter of the women (and at least 10,000).
+    pub fn needs_compaction(state: &DerivedState) -> bool {
+        state.superseded_rows > 10_000 && state.superseded_rows > state.women / 4
+    }
+
+    /// Rewrites the derived tables with their live rows only (bucket by bucket of
+    /// `person_key`, so memory holds one bucket), and empties `derived/superseded`. Answers are
+    /// unchanged; returns the rows dropped.
     pub async fn compact(&self) -> Result<usize> {
         let _one = self.lock.lock().await;
         let state = DerivedState::read(&self.store).await?;
@@ -470,6 +492,8 @@ impl Deriver {
         let sup = self.store.refresh(DERIVED_SUPERSEDED).await?;
         ctx.register_table("superseded_", sup.table_provider().await?)?;
         let mut removed = 0usize;
+        let mut women = 0usize;
+        let digits: Vec<char> = "0123456789abcdef".chars().collect();
         for (name, schema) in data_tables() {
             let table = self.store.refresh(name).await?;
             ctx.register_table("t_", table.table_provider().await?)?;
@@ -479,32 +503,44 @@ impl Deriver {
                 .map(|f| format!("t.\"{}\"", f.name()))
                 .collect();
             let before = ctx.sql("SELECT count(*) FROM t_").await?.collect().await?;
-            let live = ctx
-                .sql(&format!(
-                    "SELECT {} FROM {}",
-                    cols.join(", "),
-                    live_from("t_", "superseded_", &state)
-                ))
-                .await?
-                .collect()
-                .await?;
-            let kept: usize = live.iter().map(RecordBatch::num_rows).sum();
-            let total = count(&before);
-            removed += total.saturating_sub(kept);
-            self.store
-                .overwrite(
-                    name,
-                    Append {
-                        batches: live,
-                        txns: vec![(APP_GEN.to_string(), state.cycle)],
-                        metadata: vec![],
-                    },
-                )
-                .await?;
+            let mut kept = 0usize;
+            for pair in digits.chunks(2) {
+                let list = format!("'{}', '{}'", pair[0], pair[1]);
+                let live = ctx
+                    .sql(&format!(
+                        "SELECT {} FROM {} AND substr(t.person_key, 1, 1) IN ({list})",
+                        cols.join(", "),
+                        live_from("t_", "superseded_", &state)
+                    ))
+                    .await?
+                    .collect()
+                    .await?;
+                kept += live.iter().map(RecordBatch::num_rows).sum::<usize>();
+                if name == DERIVED_PEOPLE {
+                    women += live
+                        .iter()
+                        .filter_map(|b| b.column_by_name("known_to"))
+                        .map(|c| c.null_count())
+                        .sum::<usize>();
+                }
+                self.store
+                    .replace_where(
+                        name,
+                        &format!("substr(person_key, 1, 1) IN ({list})"),
+                        Append {
+                            batches: live,
+                            txns: vec![(APP_GEN.to_string(), state.cycle)],
+                            metadata: vec![],
+                        },
+                    )
+                    .await?;
+            }
+            removed += count(&before).saturating_sub(kept);
             ctx.deregister_table("t_")?;
         }
         let mut next = state.clone();
         next.superseded_rows = 0;
+        next.women = women as i64;
         self.store
             .overwrite(
                 DERIVED_SUPERSEDED,
@@ -582,10 +618,12 @@ impl Deriver {
             }
         };
         // The CPU part runs off the async threads.
-        let out = tokio::task::spawn_blocking(move || compute(&inputs, &*member, cycle, &params))
-            .await
-            .map_err(|e| WarehouseError::Deriver(format!("derivation panicked: {e}")))??;
+        let (out, current) =
+            tokio::task::spawn_blocking(move || compute(&inputs, &*member, cycle, &params))
+                .await
+                .map_err(|e| WarehouseError::Deriver(format!("derivation panicked: {e}")))??;
         stats.derive += started.elapsed();
+        stats.women_current += current;
         let write = Instant::now();
         for (name, batch) in out {
             stats.rows_written += batch.num_rows();
@@ -794,6 +832,7 @@ fn holds(from: i64, to: Option<i64>, t: i64) -> bool {
 /// Row builders of the four derived tables, with the interval columns.
 #[derive(Default)]
 struct Builders {
+    current_women: usize,
     p_key: StringBuilder,
     p_region: StringBuilder,
     p_marital: StringBuilder,
@@ -922,7 +961,7 @@ impl Builders {
         }
     }
 
-    fn finish(mut self) -> Result<Vec<(&'static str, RecordBatch)>> {
+    fn finish(mut self) -> Result<(Vec<(&'static str, RecordBatch)>, usize)> {
         let schemas: HashMap<&str, SchemaRef> = derived_tables().into_iter().collect();
         let mut out = Vec::new();
         let mut p: Vec<ArrayRef> = vec![
@@ -979,7 +1018,7 @@ impl Builders {
             DERIVED_RUNS,
             RecordBatch::try_new(schemas[DERIVED_RUNS].clone(), u)?,
         ));
-        Ok(out)
+        Ok((out, self.current_women))
     }
 }
 
@@ -1013,7 +1052,7 @@ fn compute(
     member: &dyn Fn(&str) -> bool,
     cycle: i64,
     params: &RuleParams,
-) -> Result<Vec<(&'static str, RecordBatch)>> {
+) -> Result<(Vec<(&'static str, RecordBatch)>, usize)> {
     let schemas: HashMap<&str, SchemaRef> = derived_tables().into_iter().collect();
     let mut out = Vec::new();
     let mut women: HashMap<String, Vec<WomanRow>> = HashMap::new();
@@ -1151,6 +1190,7 @@ fn compute(
         }
         if let Some((rows, from)) = people.rows.take() {
             bld.person(key, &rows, cycle, from, None);
+            bld.current_women += 1;
         }
         if let Some((rows, from)) = eps.rows.take() {
             bld.episodes(key, &rows, &rule, cycle, from, None);
@@ -1162,6 +1202,7 @@ fn compute(
             bld.runs(key, &rows, cycle, from, None);
         }
     }
-    out.extend(bld.finish()?);
-    Ok(out)
+    let (rows, current) = bld.finish()?;
+    out.extend(rows);
+    Ok((out, current))
 }

@@ -571,12 +571,24 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         header_read_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
         max_connections: args.max_connections.max(1),
     };
-    let server = tokio::spawn(careledger_gateway::serve(listener, app, limits, async {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = stop => {}
-        }
-    }));
+    // The signal handlers are installed here, before the address is announced: a SIGINT
+    // right after it then shuts down gracefully instead of killing the process.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let server = tokio::spawn(careledger_gateway::serve(
+        listener,
+        app,
+        limits,
+        async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+                _ = stop => {}
+            }
+        },
+    ));
     Ok(Running {
         state,
         addr,

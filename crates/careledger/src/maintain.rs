@@ -60,7 +60,7 @@ pub(crate) async fn run(args: MaintainArgs) -> Result<()> {
     for (name, _) in &tables {
         let before = store.file_stats(name).await?;
         let mut line = format!(
-            "{name:<14} {:>6} files {:>10}",
+            "{name:<30} {:>6} files {:>10}",
             before.files,
             mib(before.bytes)
         );

@@ -304,7 +304,7 @@ fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain(
         ])
         .output()
         .unwrap());
-    assert!(report.contains("maintained 8 tables"), "{report}");
+    assert!(report.contains("maintained 18 tables"), "{report}");
     let women_line = report.lines().find(|l| l.starts_with("women ")).unwrap();
     assert!(women_line.contains("now 1 files"), "{report}");
     assert_eq!(women_files(&store), 1, "vacuum deleted the replaced files");
