@@ -5,6 +5,7 @@ mod auth;
 mod disclosure;
 mod encoding;
 mod formats;
+mod freshness;
 mod hostile;
 mod idempotency;
 mod ingest;
@@ -57,7 +58,14 @@ impl Harness {
         .await
     }
 
-    pub(crate) async fn with_config(config: GatewayConfig) -> Harness {
+    pub(crate) async fn with_config(mut config: GatewayConfig) -> Harness {
+        // A test pushes, then reads what it pushed: every query waits for the deriver.
+        config.query.read_your_writes = true;
+        Harness::with_config_as_is(config).await
+    }
+
+    /// With `config` as given (`read_your_writes` included).
+    pub(crate) async fn with_config_as_is(config: GatewayConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let tokens = Arc::new(TokenRegistry::in_memory());
         let mut token = HashMap::new();
@@ -131,10 +139,8 @@ impl Harness {
 async fn start(
     dir: &std::path::Path,
     tokens: Arc<TokenRegistry>,
-    mut config: GatewayConfig,
+    config: GatewayConfig,
 ) -> Arc<AppState> {
-    // A test pushes, then reads what it pushed: every query waits for the deriver.
-    config.query.read_your_writes = true;
     let store = Arc::new(Store::open(dir.to_str().unwrap()).await.unwrap());
     AppState::start(store, tokens, key(), config).await.unwrap()
 }
