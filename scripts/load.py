@@ -98,6 +98,10 @@ def main():
     ap.add_argument("--pushers", type=int, default=4)
     ap.add_argument("--queriers", type=int, default=2)
     ap.add_argument("--batch-rows", type=int, default=500)
+    ap.add_argument("--store", default=None, help="an existing store to load (e.g. the peers bench's 1M store, kept with --keep); "
+                    "the pushers send its simulated women again as new records. Default: a new store in the work dir")
+    ap.add_argument("--sim", default=None, help="simulated rows to push (a `careledger simulate --out` directory); default: simulate --women")
+    ap.add_argument("--serve-arg", action="append", default=[], help="an extra `serve` argument (repeatable)")
     args = ap.parse_args()
     target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/careledger/target"))
     binary = args.bin or os.path.join(target, "release", "careledger")
@@ -105,10 +109,11 @@ def main():
         sys.exit(f"no binary at {binary}: cargo build --release -p careledger, or give --bin")
 
     work = tempfile.mkdtemp(prefix="careledger-load-")
-    sim = os.path.join(work, "sim")
-    store = os.path.join(work, "store")
-    print(f"work dir {work}; simulating {args.women} women …", flush=True)
-    subprocess.run([binary, "simulate", "--women", str(args.women), "--out", sim], check=True, stdout=subprocess.DEVNULL)
+    sim = args.sim or os.path.join(work, "sim")
+    store = args.store or os.path.join(work, "store")
+    if not args.sim:
+        print(f"work dir {work}; simulating {args.women} women …", flush=True)
+        subprocess.run([binary, "simulate", "--women", str(args.women), "--out", sim], check=True, stdout=subprocess.DEVNULL)
     chunks = []  # (source, table, [lines])
     for source in sorted(os.listdir(sim)):
         for name in sorted(os.listdir(os.path.join(sim, source))):
@@ -122,7 +127,7 @@ def main():
 
     log = open(os.path.join(work, "server.log"), "w")
     server = subprocess.Popen(
-        [binary, "serve", "--store", store, "--listen", "127.0.0.1:0"],
+        [binary, "serve", "--store", store, "--listen", "127.0.0.1:0", *args.serve_arg],
         stdout=subprocess.PIPE, stderr=log, text=True,
     )
     url = server.stdout.readline().strip().removeprefix("careledger listening on ")
@@ -149,7 +154,8 @@ def main():
                 pass
             time.sleep(0.25)
 
-    pushes, queries = Stats(), Stats()
+    pushes, queries, fresh = Stats(), Stats(), Stats()
+    acked = {"last": None}  # (batch_id, monotonic ack time) of the latest acknowledged batch
     feed = itertools.count()
     deadline = time.monotonic() + args.duration
 
@@ -167,7 +173,10 @@ def main():
                 {"Content-Type": "application/x-ndjson", "Idempotency-Key": f"load-{n}"},
             )
             ok = isinstance(status, int) and status < 300
-            rows = json.loads(data).get("rows_accepted", 0) if ok else 0
+            receipt = json.loads(data) if ok else {}
+            rows = receipt.get("rows_accepted", 0)
+            if ok and receipt.get("batch_id") and receipt.get("table_version") is not None:
+                acked["last"] = (receipt["batch_id"], time.monotonic())
             pushes.add(secs, status, None if ok else data.decode("utf-8", "replace"), rows)
 
     def querier(seed):
@@ -181,7 +190,24 @@ def main():
             ok = isinstance(status, int) and status < 300
             queries.add(secs, status, None if ok else data.decode("utf-8", "replace"))
 
+    def freshness():
+        """From a batch's acknowledgement to the moment the derived ledger reflects it: a
+        request that waits for the batch (`wait_for`), answered when it is reflected."""
+        while time.monotonic() < deadline:
+            last = acked["last"]
+            if last is None:
+                time.sleep(0.2)
+                continue
+            batch, at = last
+            body = json.dumps({"sql": "SELECT 1 AS reflected"}).encode()
+            secs, status, data = request("POST", f"{url}/v1/sql?wait_for={batch}", tokens["admin"], body,
+                                         {"Content-Type": "application/json"}, timeout=120)
+            ok = isinstance(status, int) and status < 300
+            fresh.add(time.monotonic() - at, status, None if ok else data.decode("utf-8", "replace"))
+            time.sleep(1.0)
+
     threads = [threading.Thread(target=sample_memory, daemon=True)]
+    threads += [threading.Thread(target=freshness)]
     threads += [threading.Thread(target=pusher) for _ in range(args.pushers)]
     threads += [threading.Thread(target=querier, args=(i,)) for i in range(args.queriers)]
     started = time.monotonic()
@@ -205,13 +231,14 @@ def main():
     print(f"\nran {elapsed:.0f} s; {pushes.rows} rows accepted ({pushes.rows / elapsed:.0f} rows/s)")
     print(pushes.line("pushes", elapsed))
     print(queries.line("queries", elapsed))
+    print(fresh.line("freshness (ack to reflected)", elapsed))
     print(f"server peak RSS {peak['rss_kib'] / 1024:.0f} MiB (sampled), VmHWM {hwm / 1024 if hwm else float('nan'):.0f} MiB; exit status {code}")
     errors = pushes.errors + queries.errors
     for e in errors:
         print("  error:", e)
     print(f"server log: {os.path.join(work, 'server.log')}")
     failed = code != 0 or any(
-        not (isinstance(k, int) and k < 300) for s in (pushes, queries) for k in s.statuses
+        not (isinstance(k, int) and k < 300) for s in (pushes, queries, fresh) for k in s.statuses
     )
     sys.exit(1 if failed else 0)
 

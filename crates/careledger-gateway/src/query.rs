@@ -66,11 +66,15 @@ impl Default for QueryConfig {
     }
 }
 
-/// A bounded cache of encoded report responses by ETag (least recently used out first).
+/// A bounded cache of encoded report responses by ETag (least recently used out first):
+/// at most `cache_entries` answers and [`RESULT_CACHE_BYTES`] bytes together.
 #[derive(Debug, Default)]
 pub struct ResultCache {
     entries: Mutex<VecDeque<(String, Bytes)>>,
 }
+
+/// The bytes the report cache holds at most; an answer larger than an eighth of it is not kept.
+pub const RESULT_CACHE_BYTES: usize = 64 << 20;
 
 impl ResultCache {
     fn get(&self, key: &str) -> Option<Bytes> {
@@ -85,9 +89,16 @@ impl ResultCache {
     fn put(&self, key: String, body: Bytes, cap: usize) {
         let mut e = self.entries.lock().expect("lock");
         e.retain(|(k, _)| *k != key);
+        if body.len() > RESULT_CACHE_BYTES / 8 {
+            return;
+        }
         e.push_back((key, body));
-        while e.len() > cap {
-            e.pop_front();
+        let mut bytes: usize = e.iter().map(|(_, b)| b.len()).sum();
+        while e.len() > cap || bytes > RESULT_CACHE_BYTES {
+            match e.pop_front() {
+                Some((_, b)) => bytes -= b.len(),
+                None => break,
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ use rand::RngCore;
 
 mod client;
 mod demo;
+mod derive;
 mod maintain;
 mod push;
 mod shell;
@@ -65,6 +66,8 @@ enum Command {
     Push(push::PushArgs),
     /// Compact small files, write checkpoints and vacuum replaced files.
     Maintain(maintain::MaintainArgs),
+    /// Bring the derived ledger of a local store up to date, or rebuild it (no server running).
+    Derive(derive::DeriveArgs),
     /// Write the simulated departments' rows to files (<out>/<source>/<table>.ndjson).
     Simulate(simulate::SimulateArgs),
     /// Manage bearer tokens (kept hashed in <state-dir>/tokens.json).
@@ -246,6 +249,10 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?
             .block_on(maintain::run(args)),
+        Command::Derive(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(derive::run(args)),
         Command::Token { action, state_dir } => token(action, &state_dir),
     }
 }
@@ -512,6 +519,8 @@ pub(crate) struct Running {
     store_url: String,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::oneshot::Sender<()>,
+    /// This server derives the store's ledger: no other process may (held until exit).
+    _deriver_lock: derive::DeriverLock,
 }
 
 pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
@@ -537,6 +546,7 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
             .await
             .with_context(|| format!("opening store {}", args.store))?,
     );
+    let deriver_lock = derive::DeriverLock::take(&store)?;
     let config = GatewayConfig {
         max_body_bytes: args.max_body_mib * 1024 * 1024,
         request_timeout: Duration::from_secs(args.request_timeout_s.max(1)),
@@ -598,6 +608,7 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         store_url: store.url().to_string(),
         server,
         shutdown,
+        _deriver_lock: deriver_lock,
     })
 }
 
