@@ -83,6 +83,9 @@ impl DeriverTask {
                 }
                 if let Ok(s) = DerivedState::read(&store).await {
                     metrics.derive_pending(pending(&store, &s).await);
+                    // Published before a compaction, which may take a while and changes no
+                    // answer.
+                    let _ = tx.send(s.clone());
                     if !failed && Deriver::needs_compaction(&s) {
                         let started = Instant::now();
                         match deriver.compact().await {
@@ -97,7 +100,6 @@ impl DeriverTask {
                             }
                         }
                     }
-                    let _ = tx.send(s);
                 }
                 let pause = if failed {
                     Duration::from_secs(2)

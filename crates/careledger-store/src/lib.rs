@@ -457,6 +457,41 @@ impl Store {
         self.replace(name, None, append).await
     }
 
+    /// Replaces every row of `name` by the rows `plan` produces (streamed: never held whole),
+    /// run in `session`, in one commit with `txns`. The plan may read `name` itself (it reads
+    /// the version before this commit).
+    pub async fn overwrite_from(
+        &self,
+        name: &str,
+        plan: datafusion::logical_expr::LogicalPlan,
+        session: Arc<dyn datafusion::catalog::Session>,
+        txns: Vec<(String, i64)>,
+    ) -> Result<u64> {
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        guard.update_state().await?;
+        let mut props = keep_logs();
+        if !txns.is_empty() {
+            props = props.with_application_transactions(
+                txns.into_iter()
+                    .map(|(app, v)| Transaction::new(app, v))
+                    .collect(),
+            );
+        }
+        let written = guard
+            .clone()
+            .write(Vec::<RecordBatch>::new())
+            .with_input_plan(plan)
+            .with_session_state(session)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_writer_properties(self.writer.clone())
+            .with_commit_properties(props)
+            .await?;
+        let version = written.version().expect("a committed table has a version");
+        *guard = written;
+        Ok(version)
+    }
+
     /// Replaces the rows of `name` that match `predicate` (SQL over its columns) by
     /// `append`'s rows, which must all match it, in one commit.
     pub async fn replace_where(&self, name: &str, predicate: &str, append: Append) -> Result<u64> {
@@ -543,6 +578,12 @@ fn read_txn_actions(
         }
     }
     Ok(())
+}
+
+/// A DataFusion session set up as delta-rs plans its writes (its query planner): a plan given
+/// to [`Store::overwrite_from`] must be built in one.
+pub fn write_session() -> datafusion::prelude::SessionContext {
+    deltalake::delta_datafusion::create_session().into_inner()
 }
 
 /// The paths of the `add` actions with `dataChange` of one commit file.

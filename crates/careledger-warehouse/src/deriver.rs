@@ -44,6 +44,12 @@ use crate::{Result, WarehouseError};
 
 type Provider = Arc<dyn datafusion::catalog::TableProvider>;
 
+/// Women derived together (their records held in memory at once) in an incremental cycle.
+const CHUNK: usize = 40_000;
+
+/// Past this many women touched, a cycle is a full rebuild (fewer scans of the pushed tables).
+const REBUILD_ABOVE: usize = 4 * CHUNK;
+
 const APP_GEN: &str = "careledger-deriver/cycle";
 const APP_FLOOR: &str = "careledger-deriver/floor";
 const APP_RULE: &str = "careledger-deriver/rule";
@@ -303,24 +309,28 @@ impl Deriver {
                 }
             }
         }
-        let women = Women::Keys(keys);
         let mut stats = CycleStats {
             cycle,
             new_rows,
             ..CycleStats::default()
         };
-        let touched: Vec<String> = match &women {
-            Women::Keys(k) => {
-                let mut v: Vec<String> = k.iter().cloned().collect();
-                v.sort();
-                v
-            }
-            Women::Prefixes(_) => unreachable!("an incremental cycle names its women"),
-        };
+        if keys.len() > REBUILD_ABOVE {
+            // So many women (a burst while the server was down, a first push of a whole
+            // county): a rebuild reads the tables once per bucket instead of once per chunk.
+            drop(ctx);
+            return Ok(Some(self.rebuild_locked(&state).await?));
+        }
+        let mut touched: Vec<String> = keys.into_iter().collect();
+        touched.sort();
         stats.women = touched.len();
         stats.read += started.elapsed();
-        self.derive_and_write(&ctx, &women, cycle, &mut stats)
-            .await?;
+        // At most CHUNK women's records in memory at once: a cycle after a burst of commits
+        // derives them chunk by chunk (each chunk scans the pushed tables again).
+        for chunk in touched.chunks(CHUNK) {
+            let women = Women::Keys(chunk.iter().cloned().collect());
+            self.derive_and_write(&ctx, &women, cycle, &mut stats)
+                .await?;
+        }
         let write = Instant::now();
         next.superseded_rows += touched.len() as i64;
         let superseded = RecordBatch::try_new(
@@ -481,62 +491,67 @@ impl Deriver {
         state.superseded_rows > 10_000 && state.superseded_rows > state.women / 4
     }
 
-    /// Rewrites the derived tables with their live rows only (bucket by bucket of
-    /// `person_key`, so memory holds one bucket), and empties `derived/superseded`. Answers are
-    /// unchanged; returns the rows dropped.
+    /// Rewrites the derived tables with their live rows only (streamed from a scan of the old
+    /// version into the new one, never held whole), and empties `derived/superseded`. Answers
+    /// are unchanged; returns the rows dropped.
     pub async fn compact(&self) -> Result<usize> {
         let _one = self.lock.lock().await;
         let state = DerivedState::read(&self.store).await?;
         self.recover(&state).await?;
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let ctx = careledger_store::write_session();
         let sup = self.store.refresh(DERIVED_SUPERSEDED).await?;
         ctx.register_table("superseded_", sup.table_provider().await?)?;
         let mut removed = 0usize;
         let mut women = 0usize;
-        let digits: Vec<char> = "0123456789abcdef".chars().collect();
         for (name, schema) in data_tables() {
             let table = self.store.refresh(name).await?;
             ctx.register_table("t_", table.table_provider().await?)?;
+            // Cast to the stored types: scans may give string views.
             let cols: Vec<String> = schema
                 .fields()
                 .iter()
-                .map(|f| format!("t.\"{}\"", f.name()))
+                .map(|f| {
+                    let c = format!("t.\"{}\"", f.name());
+                    match f.data_type() {
+                        DataType::Utf8 => format!("arrow_cast({c}, 'Utf8') AS \"{}\"", f.name()),
+                        _ => format!("{c} AS \"{}\"", f.name()),
+                    }
+                })
                 .collect();
-            let before = ctx.sql("SELECT count(*) FROM t_").await?.collect().await?;
-            let mut kept = 0usize;
-            for pair in digits.chunks(2) {
-                let list = format!("'{}', '{}'", pair[0], pair[1]);
-                let live = ctx
-                    .sql(&format!(
-                        "SELECT {} FROM {} AND substr(t.person_key, 1, 1) IN ({list})",
-                        cols.join(", "),
+            let before = count(&ctx.sql("SELECT count(*) FROM t_").await?.collect().await?);
+            if name == DERIVED_PEOPLE {
+                women = count(
+                    &ctx.sql(&format!(
+                        "SELECT count(*) FROM {} AND t.known_to IS NULL",
                         live_from("t_", "superseded_", &state)
                     ))
                     .await?
                     .collect()
-                    .await?;
-                kept += live.iter().map(RecordBatch::num_rows).sum::<usize>();
-                if name == DERIVED_PEOPLE {
-                    women += live
-                        .iter()
-                        .filter_map(|b| b.column_by_name("known_to"))
-                        .map(|c| c.null_count())
-                        .sum::<usize>();
-                }
-                self.store
-                    .replace_where(
-                        name,
-                        &format!("substr(person_key, 1, 1) IN ({list})"),
-                        Append {
-                            batches: live,
-                            txns: vec![(APP_GEN.to_string(), state.cycle)],
-                            metadata: vec![],
-                        },
-                    )
-                    .await?;
+                    .await?,
+                );
             }
-            removed += count(&before).saturating_sub(kept);
+            let live = ctx
+                .sql(&format!(
+                    "SELECT {} FROM {}",
+                    cols.join(", "),
+                    live_from("t_", "superseded_", &state)
+                ))
+                .await?;
+            let plan = live.logical_plan().clone();
+            self.store
+                .overwrite_from(
+                    name,
+                    plan,
+                    Arc::new(ctx.state()),
+                    vec![(APP_GEN.to_string(), state.cycle)],
+                )
+                .await?;
             ctx.deregister_table("t_")?;
+            let table = self.store.refresh(name).await?;
+            ctx.register_table("t_", table.table_provider().await?)?;
+            let after = count(&ctx.sql("SELECT count(*) FROM t_").await?.collect().await?);
+            ctx.deregister_table("t_")?;
+            removed += before.saturating_sub(after);
         }
         let mut next = state.clone();
         next.superseded_rows = 0;
