@@ -54,7 +54,7 @@ import pgload  # noqa: E402
 # The relations the reports read; exported from careledger for the peers (pgload loads them).
 EXPORTS = pgload.TABLES
 PG_TIMEOUT_S = 180
-SKIPPED_REPORTS = {"revisions": "runs stock at two knowledge instants inside careledger (the status rule re-derived as known at frozen_at); the peers hold no transaction-time history of the derived tables"}
+SKIPPED_REPORTS = {"revisions": "runs stock and coverage at two knowledge instants inside careledger (transaction-time filters over the stored derived ledger); the peers get no transaction-time history of the derived tables"}
 
 
 def log(msg):

@@ -38,10 +38,14 @@ impl Drop for DeriverTask {
 impl DeriverTask {
     /// Starts the task on `runtime` (the query runtime: its scans and decoding stay off the
     /// threads that serve HTTP; the rule itself runs on blocking threads).
+    ///
+    /// With `active` false the task runs no cycle: another process derives this store, and the
+    /// task only follows what the derived tables reflect (every second), for `wait_for`.
     pub fn start(
         deriver: Arc<Deriver>,
         metrics: Arc<Metrics>,
         runtime: &tokio::runtime::Handle,
+        active: bool,
     ) -> DeriverTask {
         let (tx, rx) = watch::channel(DerivedState::default());
         let stop = Arc::new(Stop::default());
@@ -54,6 +58,9 @@ impl DeriverTask {
                 }
                 let mut failed = false;
                 loop {
+                    if !active {
+                        break;
+                    }
                     let started = Instant::now();
                     match deriver.run_once().await {
                         Ok(Some(stats)) => {
@@ -86,7 +93,7 @@ impl DeriverTask {
                     // Published before a compaction, which may take a while and changes no
                     // answer.
                     let _ = tx.send(s.clone());
-                    if !failed && Deriver::needs_compaction(&s) {
+                    if active && !failed && Deriver::needs_compaction(&s) {
                         let started = Instant::now();
                         match deriver.compact().await {
                             Ok(dropped) => tracing::info!(

@@ -56,6 +56,9 @@ pub struct GatewayConfig {
     /// The zone of every "day": a date in the future at ingest, a date-only `known_at`,
     /// source health's days (default Asia/Shanghai).
     pub time_zone: careledger_model::LocalZone,
+    /// Whether this gateway derives the store's ledger (false: another process does, and this
+    /// one only reads what it reflects).
+    pub derive: bool,
 }
 
 impl Default for GatewayConfig {
@@ -70,6 +73,7 @@ impl Default for GatewayConfig {
             commit: CommitConfig::default(),
             query: QueryConfig::default(),
             time_zone: careledger_model::LocalZone::default(),
+            derive: true,
         }
     }
 }
@@ -120,6 +124,7 @@ impl AppState {
             warehouse.deriver().clone(),
             metrics.clone(),
             query::query_runtime().handle(),
+            config.derive,
         );
         let query = config.query.clone();
         let sql_slots = Arc::new(tokio::sync::Semaphore::new(query.max_concurrent.max(1)));

@@ -519,8 +519,9 @@ pub(crate) struct Running {
     store_url: String,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::oneshot::Sender<()>,
-    /// This server derives the store's ledger: no other process may (held until exit).
-    _deriver_lock: derive::DeriverLock,
+    /// This server derives the store's ledger: no other process may (held until exit; None
+    /// when another process held it at start).
+    _deriver_lock: Option<derive::DeriverLock>,
 }
 
 pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
@@ -546,7 +547,15 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
             .await
             .with_context(|| format!("opening store {}", args.store))?,
     );
-    let deriver_lock = derive::DeriverLock::take(&store)?;
+    // One process derives a store: a second server on it (a rolling restart, two gateways)
+    // serves and ingests, and reads what the first derives.
+    let deriver_lock = match derive::DeriverLock::take(&store) {
+        Ok(lock) => Some(lock),
+        Err(e) => {
+            tracing::warn!(%e, "not deriving: another process derives this store");
+            None
+        }
+    };
     let config = GatewayConfig {
         max_body_bytes: args.max_body_mib * 1024 * 1024,
         request_timeout: Duration::from_secs(args.request_timeout_s.max(1)),
@@ -568,6 +577,7 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         time_zone: careledger_model::LocalZone::parse(&args.time_zone)
             .map_err(anyhow::Error::msg)
             .context("--time-zone")?,
+        derive: deriver_lock.is_some() || store.local_dir().is_none(),
         ..GatewayConfig::default()
     };
     let state = AppState::start(store.clone(), tokens.clone(), key, config).await?;
