@@ -70,6 +70,9 @@ impl DeriverTask {
                                 women = stats.women,
                                 rows = stats.rows_written,
                                 ms = started.elapsed().as_millis() as u64,
+                                read_ms = stats.read.as_millis() as u64,
+                                rule_ms = stats.derive.as_millis() as u64,
+                                write_ms = stats.write.as_millis() as u64,
                                 "derived"
                             );
                             if let Ok(s) = DerivedState::read(&store).await {
