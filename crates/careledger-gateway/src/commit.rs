@@ -68,6 +68,15 @@ pub enum Admission {
 }
 
 impl Dedup {
+    /// The highest committed Batch-Seq of `source` (None: it never sent one).
+    pub fn committed_seq(&self, source: &str) -> Option<i64> {
+        self.committed_seq
+            .lock()
+            .expect("lock")
+            .get(source)
+            .copied()
+    }
+
     /// Checks a batch's key and sequence; on `Fresh` both are reserved until [`Dedup::release`].
     pub fn admit(
         &self,

@@ -15,6 +15,7 @@ pub mod problem;
 pub mod query;
 pub mod receipt;
 pub mod serve;
+pub mod sources;
 mod sql_guard;
 
 use std::sync::Arc;
@@ -212,6 +213,10 @@ pub fn query_router(state: Arc<AppState>) -> Router {
         .route("/v1/reports", get(query::list_reports))
         .route("/v1/reports/{name}", get(query::run_report))
         .route("/v1/tables", get(query::tables))
+        .route("/v1/sources/me", get(sources::me))
+        .route("/v1/batches", get(sources::list))
+        .route("/v1/batches/{id}", get(sources::one))
+        .route("/v1/batches/{id}/rejects", get(sources::rejects))
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
 }

@@ -35,6 +35,30 @@ pub const ROUTES: &[(&str, &str, &str, bool)] = &[
         "Tables, columns and types that the caller's SQL can name.",
         true,
     ),
+    (
+        "get",
+        "/v1/sources/me",
+        "A source's own figures: highest committed Batch-Seq, batches and rows, its last batch (source tokens).",
+        true,
+    ),
+    (
+        "get",
+        "/v1/batches",
+        "A source's own receipts, newest first; since, idempotency_key, batch_seq, limit (source tokens).",
+        true,
+    ),
+    (
+        "get",
+        "/v1/batches/{id}",
+        "The receipt of one of the source's batches (source tokens; another source's is 404).",
+        true,
+    ),
+    (
+        "get",
+        "/v1/batches/{id}/rejects",
+        "The refused rows of one of the source's batches, ID numbers masked (source tokens).",
+        true,
+    ),
     ("get", "/v1/openapi.json", "This document.", false),
     ("get", "/healthz", "Liveness.", false),
     ("get", "/readyz", "Readiness: the store answers.", false),
@@ -54,7 +78,7 @@ pub fn document() -> Value {
             op["security"] = json!([{"bearer": []}]);
         }
         let mut parameters = Vec::new();
-        for name in ["table", "name"] {
+        for name in ["table", "name", "id"] {
             if path.contains(&format!("{{{name}}}")) {
                 parameters.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}));
             }

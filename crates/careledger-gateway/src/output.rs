@@ -136,7 +136,7 @@ pub(crate) fn plain(batch: &RecordBatch) -> Result<RecordBatch, Problem> {
     .map_err(|e| Problem::internal("result", &e))
 }
 
-fn cell(col: &ArrayRef, r: usize) -> Value {
+pub(crate) fn cell(col: &ArrayRef, r: usize) -> Value {
     if col.is_null(r) {
         return Value::Null;
     }

@@ -55,6 +55,10 @@ pub(crate) struct PushArgs {
     /// size limits apply to the uncompressed body.
     #[arg(long)]
     gzip: bool,
+    /// After a crash: first ask the server which of these batches it already stored (by their
+    /// Idempotency-Keys, `GET /v1/batches`) and send only the others.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +327,27 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
+/// The receipt of the batch stored under `key` by this token's source, if any (marked
+/// `resumed`); None when it is not stored or the server cannot say.
+async fn stored_receipt(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    key: &str,
+) -> Option<Value> {
+    let resp = client
+        .get(format!("{base}/v1/batches"))
+        .query(&[("idempotency_key", key)])
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    let v: Value = resp.json().await.ok()?;
+    let mut b = v["batches"].as_array()?.first()?.clone();
+    b["resumed"] = Value::Bool(true);
+    Some(b)
+}
+
 /// Posts one batch with its Idempotency-Key, retrying connection errors, 5xx, 408, 429 and a
 /// key still in progress with exponential backoff (Retry-After honoured). Also used by `demo`.
 pub(crate) async fn send(
@@ -438,6 +463,28 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
         args.atomic
     );
     let client = reqwest::Client::new();
+    let base = args.server.trim_end_matches('/').to_string();
+    if args.resume {
+        let me: Value = client
+            .get(format!("{base}/v1/sources/me"))
+            .bearer_auth(&args.token)
+            .send()
+            .await
+            .with_context(|| format!("GET {base}/v1/sources/me"))?
+            .json()
+            .await
+            .context("reading /v1/sources/me")?;
+        if me["source"].is_null() {
+            anyhow::bail!("--resume: the server did not say what this source stored: {me}");
+        }
+        eprintln!(
+            "resuming for source {}: {} batches stored so far, highest Batch-Seq {}",
+            me["source"].as_str().unwrap_or_default(),
+            me["batches"],
+            me["last_batch_seq"]
+        );
+    }
+    let mut resumed = 0usize;
     let mut accepted = 0u64;
     let mut not_stored = 0u64;
     let mut duplicates = 0usize;
@@ -449,7 +496,19 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
         let token = &args.token;
         let attempts = args.attempts;
         let gzip = args.gzip;
+        let resume = args.resume.then_some(&base);
         async move {
+            if let Some(base) = resume
+                && let Some(receipt) = stored_receipt(client, base, token, &chunk.key).await
+            {
+                return (
+                    chunk,
+                    Outcome::Receipt {
+                        receipt,
+                        stored: true,
+                    },
+                );
+            }
             let outcome = if gzip {
                 match gzipped(&chunk.body) {
                     Ok(body) => {
@@ -481,6 +540,12 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
     while let Some((chunk, outcome)) = results.next().await {
         match outcome {
             Outcome::Receipt { receipt, stored } => {
+                if receipt["resumed"] == true {
+                    resumed += 1;
+                    accepted += receipt["rows_accepted"].as_u64().unwrap_or(0);
+                    bar.inc(chunk.places.len() as u64);
+                    continue;
+                }
                 if receipt["duplicate"] == true {
                     duplicates += 1;
                 } else if stored {
@@ -562,11 +627,16 @@ pub(crate) async fn run(args: PushArgs) -> Result<()> {
             .with_context(|| format!("writing {}", args.rejects.display()))?;
     }
     println!(
-        "pushed {} file(s) to {} in {} batches in {:.1} s: {accepted} rows accepted, {rows_rejected} rejected{}, {duplicates} batches already sent before (answered from their receipts){}",
+        "pushed {} file(s) to {} in {} batches in {:.1} s: {accepted} rows accepted, {rows_rejected} rejected{}, {duplicates} batches already sent before (answered from their receipts){}{}",
         args.files.len(),
         args.table,
         chunks.len(),
         started.elapsed().as_secs_f64(),
+        if args.resume {
+            format!(", {resumed} batches found stored and not sent again (--resume)")
+        } else {
+            String::new()
+        },
         if not_stored > 0 {
             format!(", {not_stored} not stored because their batch had an invalid row (--atomic)")
         } else {

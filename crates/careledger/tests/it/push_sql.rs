@@ -436,3 +436,93 @@ fn simulated_files_push_with_their_sources_token() {
     assert!(accepted > 0 && accepted <= rows, "{stdout}");
     server.stop();
 }
+
+/// An integrator's recovery: the client is killed (SIGKILL) mid-push; `push --resume` asks the
+/// server what this source already stored, sends only the rest, and the store ends with
+/// exactly the rows of the file, each once.
+#[test]
+fn a_push_killed_mid_way_resumes_and_ends_with_exactly_the_rows_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let source = server.token("civil_affairs");
+    let admin = server.token("admin");
+    let file = dir.path().join("women.ndjson");
+    let mut body = String::new();
+    for n in 0..600u32 {
+        body.push_str(&format!(
+            "{{\"record_id\":\"w-{n}\",\"record_version\":1,\"op\":\"upsert\",\"id_number\":\"{}\",\"region_code\":\"{VILLAGE}\",\"marital_status\":\"20\"}}\n",
+            id(n)
+        ));
+    }
+    std::fs::write(&file, body).unwrap();
+    let args = |resume: bool| {
+        let mut a = vec![
+            "push".to_string(),
+            "--table".into(),
+            "women".into(),
+            "--server".into(),
+            server.url.clone(),
+            "--batch-rows".into(),
+            "10".into(),
+            "--parallel".into(),
+            "1".into(),
+            "--rejects".into(),
+            dir.path().join("rejects.csv").display().to_string(),
+        ];
+        if resume {
+            a.push("--resume".into());
+        }
+        a.push(file.display().to_string());
+        a
+    };
+    let count = || {
+        single_number(&ok(careledger()
+            .args(["sql", "--server", &server.url, "--token", &admin])
+            .arg("SELECT count(*) FROM raw_women")
+            .output()
+            .unwrap()))
+    };
+    let mut child = careledger()
+        .args(args(false))
+        .env("CARELEDGER_TOKEN", &source)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once part of the 60 batches is stored.
+    let started = std::time::Instant::now();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let stored = count();
+        if stored >= 50 || started.elapsed().as_secs() > 60 {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = count();
+    assert!(
+        before > 0 && before < 600,
+        "killed mid-way: {before} rows stored"
+    );
+
+    let out = ok(careledger()
+        .args(args(true))
+        .env("CARELEDGER_TOKEN", &source)
+        .output()
+        .unwrap());
+    let resumed: u64 = out
+        .split(", ")
+        .find(|p| p.contains("found stored and not sent again"))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume count in {out}"));
+    assert!(resumed >= before / 10, "{out}");
+    let distinct = single_number(&ok(careledger()
+        .args(["sql", "--server", &server.url, "--token", &admin])
+        .arg("SELECT count(DISTINCT record_id) FROM raw_women")
+        .output()
+        .unwrap()));
+    assert_eq!(count(), 600, "every row of the file, once");
+    assert_eq!(distinct, 600);
+}
