@@ -312,16 +312,58 @@ pub(crate) async fn wait_if_asked(state: &AppState, wait_for: Option<&str>) -> R
     ))
 }
 
-fn respond(format: Format, body: Bytes, etag: Option<&str>) -> Response {
+fn respond(format: Format, body: Bytes, etag: Option<&str>, accept: &HeaderMap) -> Response {
+    let (body, encoding) = compress_for(accept, body);
     let mut resp = (StatusCode::OK, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
     );
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(e) = encoding {
+        resp.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static(e));
+    }
     if let Some(v) = etag.and_then(|tag| HeaderValue::from_str(tag).ok()) {
         resp.headers_mut().insert(header::ETAG, v);
     }
     resp
+}
+
+/// A whole answer of more than 1 KiB compressed as the client accepts (`Accept-Encoding`: zstd
+/// preferred, then gzip); streamed answers go as they are.
+fn compress_for(headers: &HeaderMap, body: Bytes) -> (Bytes, Option<&'static str>) {
+    let accept = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let offered = |name: &str| {
+        accept.split(',').any(|part| {
+            let mut it = part.split(';');
+            let coding = it.next().unwrap_or("").trim();
+            let refused = it.any(|q| matches!(q.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            coding.eq_ignore_ascii_case(name) && !refused
+        })
+    };
+    if body.len() <= 1024 {
+        return (body, None);
+    }
+    if offered("zstd")
+        && let Ok(z) = zstd::bulk::compress(&body, 3)
+    {
+        return (Bytes::from(z), Some("zstd"));
+    }
+    if offered("gzip") {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        if enc.write_all(&body).is_ok()
+            && let Ok(z) = enc.finish()
+        {
+            return (Bytes::from(z), Some("gzip"));
+        }
+    }
+    (body, None)
 }
 
 fn known_at_of(
@@ -783,7 +825,7 @@ pub async fn sql(
                 started,
             ));
             state.metrics.query(started.elapsed());
-            let mut resp = respond(format, bytes, None);
+            let mut resp = respond(format, bytes, None, &headers);
             freshness_headers(&mut resp, &reflects);
             Ok(resp)
         }
@@ -984,7 +1026,7 @@ pub async fn run_report(
     }
     if let Some(body) = state.cache.get(&etag) {
         state.metrics.cache_hit();
-        let mut resp = respond(format, body, Some(&etag));
+        let mut resp = respond(format, body, Some(&etag), &headers);
         freshness_headers(&mut resp, &derived);
         return Ok(resp);
     }
@@ -1043,7 +1085,7 @@ pub async fn run_report(
     state
         .cache
         .put(etag.clone(), bytes.clone(), state.query.cache_entries);
-    let mut resp = respond(format, bytes, Some(&etag));
+    let mut resp = respond(format, bytes, Some(&etag), &headers);
     freshness_headers(&mut resp, &derived);
     Ok(resp)
 }

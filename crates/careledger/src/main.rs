@@ -68,6 +68,17 @@ enum Command {
     Maintain(maintain::MaintainArgs),
     /// Bring the derived ledger of a local store up to date, or rebuild it (no server running).
     Derive(derive::DeriveArgs),
+    /// Print a shell completion script: `careledger completions bash > /etc/bash_completion.d/careledger`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (careledger.1 and one per command) into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(default_value = "man")]
+        dir: PathBuf,
+    },
     /// Write the simulated departments' rows to files (<out>/<source>/<table>.ndjson).
     Simulate(simulate::SimulateArgs),
     /// Manage bearer tokens (kept hashed in <state-dir>/tokens.json).
@@ -249,6 +260,24 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?
             .block_on(maintain::run(args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "careledger",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
         Command::Derive(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -620,3 +620,42 @@ async fn every_query_and_report_is_audited() {
         ]
     );
 }
+
+#[tokio::test]
+async fn answers_are_compressed_when_the_client_accepts_it() {
+    let (h, t) = seeded(GatewayConfig::default()).await;
+    let ask = |accept: Option<&'static str>| {
+        let mut req = Request::post("/v1/sql?format=json")
+            .header("authorization", format!("Bearer {}", t["admin"]))
+            .header("content-type", "application/json");
+        if let Some(a) = accept {
+            req = req.header("accept-encoding", a);
+        }
+        req.body(Body::from(
+            json!({"sql": "SELECT * FROM region_levels ORDER BY code, level LIMIT 300"})
+                .to_string(),
+        ))
+        .unwrap()
+    };
+    let (s, headers, plain) = call(&h, ask(None)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(headers.get("content-encoding").is_none());
+    assert!(
+        plain.len() > 1024,
+        "a body worth compressing: {}",
+        plain.len()
+    );
+    let (s, headers, gz) = call(&h, ask(Some("br;q=1, gzip"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(headers["vary"], "accept-encoding");
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut inflated).unwrap();
+    assert_eq!(inflated, plain.to_vec());
+    assert!(gz.len() < plain.len());
+    let (_, headers, z) = call(&h, ask(Some("gzip, zstd"))).await;
+    assert_eq!(headers["content-encoding"], "zstd");
+    assert_eq!(zstd::decode_all(&z[..]).unwrap(), plain.to_vec());
+    let (_, headers, _) = call(&h, ask(Some("gzip;q=0"))).await;
+    assert!(headers.get("content-encoding").is_none());
+}

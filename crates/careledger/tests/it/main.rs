@@ -393,3 +393,32 @@ fn serve_reads_a_config_file_and_names_unknown_keys() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("lisen"), "{stderr}");
 }
+
+/// Shell completions and man pages come from the same definitions as `--help`.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = careledger().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("careledger") && text.contains("derive"),
+            "{shell}: {text}"
+        );
+    }
+    let out = careledger().args(["completions", "tcsh"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tcsh"));
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man");
+    let out = careledger().arg("man").arg(&man).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(man.join("careledger.1")).unwrap();
+    assert!(page.contains(".TH careledger"), "{page}");
+    let push = std::fs::read_to_string(man.join("careledger-push.1")).unwrap();
+    assert!(push.contains("resume"), "{push}");
+}
