@@ -324,7 +324,9 @@ pub async fn ingest(
     }
     match answer.await {
         Ok(Ok(mut r)) => {
-            state.metrics.ingest(r.rows_accepted, r.rows_rejected);
+            state
+                .metrics
+                .ingest(table.as_str(), &r.source, r.rows_accepted, r.rows_rejected);
             if let Some(all) = all_errors {
                 r.errors = all;
             }

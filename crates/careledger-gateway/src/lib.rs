@@ -150,10 +150,22 @@ impl AppState {
         self.audit_log.record(entry);
     }
 
-    /// Commits what is pending (batches, audit entries) and stops the background tasks.
+    /// Commits what is pending (batches, audit entries), derives what was committed (at most
+    /// two minutes, so a clean stop leaves the derived ledger current for readers of the
+    /// store) and stops the background tasks.
     pub async fn drain(&self) {
         self.committer.drain().await;
         self.audit_log.drain().await;
+        if self.config.derive {
+            let catch_up = self.warehouse.catch_up();
+            match tokio::time::timeout(Duration::from_secs(120), catch_up).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "deriving at shutdown failed"),
+                Err(_) => tracing::warn!(
+                    "deriving at shutdown took over 2 minutes; left to the next start"
+                ),
+            }
+        }
     }
 }
 
@@ -225,6 +237,7 @@ pub fn query_router(state: Arc<AppState>) -> Router {
 pub fn router(state: Arc<AppState>) -> Router {
     let timeout = state.config.request_timeout;
     let state_for_limits = state.clone();
+    let metrics = state.metrics.clone();
     let service: Router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -244,6 +257,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             timeout,
             request_deadline,
         ))
+        .layer(axum::middleware::from_fn_with_state(metrics, measure))
+}
+
+/// Times every request by its route template (`/v1/reports/{name}`, never the raw path).
+async fn measure(
+    axum::extract::State(metrics): axum::extract::State<Arc<metrics::Metrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("(no route)", |m| m.as_str())
+        .to_string();
+    let method = req.method().as_str().to_string();
+    let resp = next.run(req).await;
+    metrics.request(&route, &method, resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 /// "300 ms", "60 s".
