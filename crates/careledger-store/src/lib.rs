@@ -290,16 +290,7 @@ impl Store {
             .filter(|b| b.num_rows() > 0)
             .map(|b| conform(&b, &schema))
             .collect::<Result<_>>()?;
-        let mut props = keep_logs().with_metadata(append.metadata);
-        if !append.txns.is_empty() {
-            props = props.with_application_transactions(
-                append
-                    .txns
-                    .into_iter()
-                    .map(|(app, v)| Transaction::new(app, v))
-                    .collect(),
-            );
-        }
+        let props = commit_properties(append.txns, append.metadata);
         let table = guard.clone();
         let written = if batches.is_empty() {
             // A commit with no rows still records its transactions and metadata.
@@ -431,14 +422,7 @@ impl Store {
         let slot = self.slot(name)?;
         let mut guard = slot.lock().await;
         guard.update_state().await?;
-        let mut props = keep_logs();
-        if !txns.is_empty() {
-            props = props.with_application_transactions(
-                txns.into_iter()
-                    .map(|(app, v)| Transaction::new(app, v))
-                    .collect(),
-            );
-        }
+        let props = commit_properties(txns, Vec::new());
         let (table, _metrics) = guard
             .clone()
             .delete()
@@ -454,7 +438,30 @@ impl Store {
     /// Replaces every row of `name` by `append`'s rows in one commit (with its transactions
     /// and metadata); readers of older versions are unaffected.
     pub async fn overwrite(&self, name: &str, append: Append) -> Result<u64> {
-        self.replace(name, None, append).await
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        guard.update_state().await?;
+        let schema = guard.snapshot()?.snapshot().arrow_schema();
+        let mut batches: Vec<RecordBatch> = append
+            .batches
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| conform(&b, &schema))
+            .collect::<Result<_>>()?;
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema.clone()));
+        }
+        let props = commit_properties(append.txns, append.metadata);
+        let written = guard
+            .clone()
+            .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_writer_properties(self.writer.clone())
+            .with_commit_properties(props)
+            .await?;
+        let version = written.version().expect("a committed table has a version");
+        *guard = written;
+        Ok(version)
     }
 
     /// Replaces every row of `name` by the rows `plan` produces (streamed: never held whole),
@@ -470,66 +477,13 @@ impl Store {
         let slot = self.slot(name)?;
         let mut guard = slot.lock().await;
         guard.update_state().await?;
-        let mut props = keep_logs();
-        if !txns.is_empty() {
-            props = props.with_application_transactions(
-                txns.into_iter()
-                    .map(|(app, v)| Transaction::new(app, v))
-                    .collect(),
-            );
-        }
+        let props = commit_properties(txns, Vec::new());
         let written = guard
             .clone()
             .write(Vec::<RecordBatch>::new())
             .with_input_plan(plan)
             .with_session_state(session)
             .with_save_mode(SaveMode::Overwrite)
-            .with_writer_properties(self.writer.clone())
-            .with_commit_properties(props)
-            .await?;
-        let version = written.version().expect("a committed table has a version");
-        *guard = written;
-        Ok(version)
-    }
-
-    /// Replaces the rows of `name` that match `predicate` (SQL over its columns) by
-    /// `append`'s rows, which must all match it, in one commit.
-    pub async fn replace_where(&self, name: &str, predicate: &str, append: Append) -> Result<u64> {
-        self.replace(name, Some(predicate), append).await
-    }
-
-    async fn replace(&self, name: &str, predicate: Option<&str>, append: Append) -> Result<u64> {
-        let slot = self.slot(name)?;
-        let mut guard = slot.lock().await;
-        guard.update_state().await?;
-        let schema = guard.snapshot()?.snapshot().arrow_schema();
-        let mut batches: Vec<RecordBatch> = append
-            .batches
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| conform(&b, &schema))
-            .collect::<Result<_>>()?;
-        if batches.is_empty() {
-            batches.push(RecordBatch::new_empty(schema.clone()));
-        }
-        let mut props = keep_logs().with_metadata(append.metadata);
-        if !append.txns.is_empty() {
-            props = props.with_application_transactions(
-                append
-                    .txns
-                    .into_iter()
-                    .map(|(app, v)| Transaction::new(app, v))
-                    .collect(),
-            );
-        }
-        let mut builder = guard
-            .clone()
-            .write(batches)
-            .with_save_mode(SaveMode::Overwrite);
-        if let Some(p) = predicate {
-            builder = builder.with_replace_where(p.to_string());
-        }
-        let written = builder
             .with_writer_properties(self.writer.clone())
             .with_commit_properties(props)
             .await?;
@@ -550,6 +504,22 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Commit properties with application transactions `txns` and commit metadata.
+fn commit_properties(
+    txns: Vec<(String, i64)>,
+    metadata: Vec<(String, serde_json::Value)>,
+) -> CommitProperties {
+    let props = keep_logs().with_metadata(metadata);
+    if txns.is_empty() {
+        return props;
+    }
+    props.with_application_transactions(
+        txns.into_iter()
+            .map(|(app, v)| Transaction::new(app, v))
+            .collect(),
+    )
 }
 
 /// Commit properties of every commit here. delta-rs deletes commit files older than the log

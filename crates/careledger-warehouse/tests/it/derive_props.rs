@@ -132,7 +132,7 @@ async fn snapshot_of(women: &Women, dir: &std::path::Path) -> Snapshot {
     wh.snapshot(None).await.unwrap()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -18,6 +18,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::derive_props::runtime;
 use crate::ledger::{Batch, commit};
 
 const VILLAGES: [&str; 4] = [
@@ -158,14 +159,6 @@ async fn stored(deriver: &Deriver) -> Vec<(String, Vec<String>)> {
         out.push((name.to_string(), lines));
     }
     out
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 proptest! {
