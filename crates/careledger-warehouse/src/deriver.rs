@@ -257,7 +257,17 @@ impl Deriver {
             if *v <= from {
                 continue;
             }
-            let rows = self.store.added_rows(t.as_str(), from, *v).await?;
+            let rows = match self.store.added_rows(t.as_str(), from, *v).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // The files those commits added are gone (compacted and vacuumed while
+                    // nothing derived them) or a commit file is missing: derive everything
+                    // from what the tables hold now.
+                    tracing::warn!(table = t.as_str(), error = %e, "the new rows cannot be read; rebuilding");
+                    drop(ctx);
+                    return Ok(Some(self.rebuild_locked(&state).await?));
+                }
+            };
             let mut records: HashSet<(String, String)> = HashSet::new();
             for b in &rows {
                 new_rows += b.num_rows();
