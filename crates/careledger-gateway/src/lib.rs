@@ -188,10 +188,7 @@ async fn metrics_text(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
 }

@@ -1,125 +1,284 @@
-//! `/metrics` in the Prometheus text format: counters, latency histograms (requests by route,
-//! method and status; commits), rows and batches by table and source, the deriver's lag,
-//! process figures and build info.
+//! `/metrics` in the OpenMetrics text format, through the Prometheus project's Rust client
+//! (`prometheus-client`): counters, latency histograms (requests by route template, method
+//! and status; commits), rows and batches by table and source, the deriver's lag, process
+//! figures and build info. Every label takes values from a closed set (route templates,
+//! methods, statuses, table names, source codes): no batch ids, tokens or paths.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// A latency histogram (cumulative buckets when rendered).
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len() + 1],
-    sum: f64,
-    count: u64,
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        let i = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[i] += 1;
-        self.sum += secs;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i];
-            out.push_str(&format!(
-                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}\n"
-            ));
-        }
-        out.push_str(&format!(
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}\n{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}\n",
-            self.count, self.sum, self.count
-        ));
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
 }
 
-/// A label value with `\`, `"` and line breaks escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableSource {
+    table: String,
+    source: String,
 }
 
-/// Process-wide counters.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RowLabels {
+    table: String,
+    source: String,
+    outcome: &'static str,
+}
+
+type FloatCounter = Counter<f64, AtomicU64>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Process-wide metrics.
+#[derive(Debug)]
 pub struct Metrics {
-    ingest_batches: AtomicU64,
-    ingest_rows_accepted: AtomicU64,
-    ingest_rows_rejected: AtomicU64,
-    commits: AtomicU64,
-    commit_micros: AtomicU64,
-    queries: AtomicU64,
-    query_micros: AtomicU64,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
-    not_modified: AtomicU64,
+    registry: Registry,
+    ingest_batches: Counter,
+    ingest_rows_accepted: Counter,
+    ingest_rows_rejected: Counter,
+    commits: Counter,
+    commit_seconds: FloatCounter,
+    queries: Counter,
+    query_seconds: FloatCounter,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    not_modified: Counter,
+    derive_cycles: Counter,
+    derive_errors: Counter,
+    derive_seconds: FloatCounter,
+    derive_women: Counter,
+    derive_lag: FloatGauge,
+    /// Pushed-table commits not yet reflected in the derived tables.
+    derive_pending_commits: Gauge,
+    requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    commit_latency: Histogram,
+    ingested_batches: Family<TableSource, Counter>,
+    ingested_rows: Family<RowLabels, Counter>,
+    resident_bytes: FloatGauge,
+    cpu_seconds: FloatCounter,
+    /// The CPU time (f64 bits) already added to `cpu_seconds`.
+    cpu_seconds_seen: AtomicU64,
+    open_fds: Gauge,
     /// Woken after every data commit (the deriver waits on it).
     pub committed: tokio::sync::Notify,
-    derive_cycles: AtomicU64,
-    derive_errors: AtomicU64,
-    derive_micros: AtomicU64,
-    derive_women: AtomicU64,
-    /// Pushed-table commits not yet reflected in the derived tables.
-    derive_pending_commits: AtomicU64,
     /// Since when (µs since the Unix epoch) a commit has been waiting for the deriver; 0: none.
     derive_behind_since: AtomicU64,
-    /// (route, method, status) → request latency.
-    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
-    commit_latency: Mutex<Histogram>,
-    /// (table, source) → [batches, rows accepted, rows rejected].
-    ingested: Mutex<BTreeMap<(String, String), [u64; 3]>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            ingest_batches: Counter::default(),
+            ingest_rows_accepted: Counter::default(),
+            ingest_rows_rejected: Counter::default(),
+            commits: Counter::default(),
+            commit_seconds: FloatCounter::default(),
+            queries: Counter::default(),
+            query_seconds: FloatCounter::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            not_modified: Counter::default(),
+            derive_cycles: Counter::default(),
+            derive_errors: Counter::default(),
+            derive_seconds: FloatCounter::default(),
+            derive_women: Counter::default(),
+            derive_lag: FloatGauge::default(),
+            derive_pending_commits: Gauge::default(),
+            requests: Family::new_with_constructor(latency_histogram),
+            commit_latency: latency_histogram(),
+            ingested_batches: Family::default(),
+            ingested_rows: Family::default(),
+            resident_bytes: FloatGauge::default(),
+            cpu_seconds: FloatCounter::default(),
+            cpu_seconds_seen: AtomicU64::new(0f64.to_bits()),
+            open_fds: Gauge::default(),
+            committed: tokio::sync::Notify::new(),
+            derive_behind_since: AtomicU64::new(0),
+        };
+        let r = &mut m.registry;
+        // Counter names get their `_total` suffix from the encoder.
+        r.register(
+            "careledger_ingest_batches",
+            "Batches acknowledged",
+            m.ingest_batches.clone(),
+        );
+        r.register(
+            "careledger_ingest_rows_accepted",
+            "Rows stored",
+            m.ingest_rows_accepted.clone(),
+        );
+        r.register(
+            "careledger_ingest_rows_rejected",
+            "Rows refused",
+            m.ingest_rows_rejected.clone(),
+        );
+        r.register(
+            "careledger_commits",
+            "Delta commits of ingested data",
+            m.commits.clone(),
+        );
+        r.register(
+            "careledger_commit_seconds",
+            "Time spent in data commits",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "careledger_queries",
+            "SQL queries and report runs",
+            m.queries.clone(),
+        );
+        r.register(
+            "careledger_query_seconds",
+            "Time spent answering queries and reports",
+            m.query_seconds.clone(),
+        );
+        r.register(
+            "careledger_report_cache_hits",
+            "Report answers served from the result cache",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "careledger_report_cache_misses",
+            "Report answers computed",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "careledger_report_not_modified",
+            "Report requests answered 304",
+            m.not_modified.clone(),
+        );
+        r.register(
+            "careledger_derive_cycles",
+            "Deriver cycles completed (each rewrites the women its commits touched)",
+            m.derive_cycles.clone(),
+        );
+        r.register(
+            "careledger_derive_seconds",
+            "Time spent in deriver cycles",
+            m.derive_seconds.clone(),
+        );
+        r.register(
+            "careledger_derive_women",
+            "Women re-derived",
+            m.derive_women.clone(),
+        );
+        r.register(
+            "careledger_derive_errors",
+            "Deriver cycles that failed (retried)",
+            m.derive_errors.clone(),
+        );
+        r.register(
+            "careledger_derive_lag_seconds",
+            "How long the oldest commit not yet in the derived tables has waited (0: caught up)",
+            m.derive_lag.clone(),
+        );
+        r.register(
+            "careledger_derive_pending_commits",
+            "Pushed-table commits not yet in the derived tables",
+            m.derive_pending_commits.clone(),
+        );
+        r.register(
+            "careledger_http_request_duration_seconds",
+            "Time from a request to its response head, by route template, method and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "careledger_commit_duration_seconds",
+            "Delta commits of ingested data",
+            m.commit_latency.clone(),
+        );
+        r.register(
+            "careledger_ingested_batches",
+            "Batches acknowledged, by table and source",
+            m.ingested_batches.clone(),
+        );
+        r.register(
+            "careledger_ingested_rows",
+            "Rows acknowledged, by table, source and outcome (accepted or rejected)",
+            m.ingested_rows.clone(),
+        );
+        r.register(
+            "careledger_build",
+            "The running build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory",
+            m.resident_bytes.clone(),
+        );
+        r.register(
+            "process_cpu_seconds",
+            "User and system CPU time",
+            m.cpu_seconds.clone(),
+        );
+        r.register(
+            "process_open_fds",
+            "Open file descriptors",
+            m.open_fds.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
     pub fn ingest(&self, table: &str, source: &str, accepted: usize, rejected: usize) {
-        {
-            let mut m = self.ingested.lock().expect("lock");
-            let e = m
-                .entry((table.to_string(), source.to_string()))
-                .or_default();
-            e[0] += 1;
-            e[1] += accepted as u64;
-            e[2] += rejected as u64;
+        let ts = TableSource {
+            table: table.to_string(),
+            source: source.to_string(),
+        };
+        self.ingested_batches.get_or_create(&ts).inc();
+        for (outcome, n) in [("accepted", accepted), ("rejected", rejected)] {
+            self.ingested_rows
+                .get_or_create(&RowLabels {
+                    table: ts.table.clone(),
+                    source: ts.source.clone(),
+                    outcome,
+                })
+                .inc_by(n as u64);
         }
-        self.ingest_batches.fetch_add(1, Relaxed);
-        self.ingest_rows_accepted
-            .fetch_add(accepted as u64, Relaxed);
-        self.ingest_rows_rejected
-            .fetch_add(rejected as u64, Relaxed);
+        self.ingest_batches.inc();
+        self.ingest_rows_accepted.inc_by(accepted as u64);
+        self.ingest_rows_rejected.inc_by(rejected as u64);
     }
 
     /// One HTTP request answered (the time to its response head; a streamed body may go on).
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
         self.requests
-            .lock()
-            .expect("lock")
-            .entry((route.to_string(), method.to_string(), status))
-            .or_default()
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status,
+            })
             .observe(took.as_secs_f64());
     }
 
     pub fn commit(&self, took: Duration) {
-        self.commit_latency
-            .lock()
-            .expect("lock")
-            .observe(took.as_secs_f64());
-        self.commits.fetch_add(1, Relaxed);
-        self.commit_micros
-            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.commit_latency.observe(took.as_secs_f64());
+        self.commits.inc();
+        self.commit_seconds.inc_by(took.as_secs_f64());
         let now = chrono::Utc::now().timestamp_micros().max(1) as u64;
         let _ = self
             .derive_behind_since
@@ -129,218 +288,87 @@ impl Metrics {
 
     /// One deriver cycle done.
     pub fn derive_cycle(&self, took: Duration, women: usize) {
-        self.derive_cycles.fetch_add(1, Relaxed);
-        self.derive_micros
-            .fetch_add(took.as_micros() as u64, Relaxed);
-        self.derive_women.fetch_add(women as u64, Relaxed);
+        self.derive_cycles.inc();
+        self.derive_seconds.inc_by(took.as_secs_f64());
+        self.derive_women.inc_by(women as u64);
     }
 
     pub fn derive_error(&self) {
-        self.derive_errors.fetch_add(1, Relaxed);
+        self.derive_errors.inc();
     }
 
     /// What the deriver has left: commits not yet reflected (0: caught up).
     pub fn derive_pending(&self, commits: u64) {
-        self.derive_pending_commits.store(commits, Relaxed);
+        self.derive_pending_commits
+            .set(i64::try_from(commits).unwrap_or(i64::MAX));
         if commits == 0 {
             self.derive_behind_since.store(0, Relaxed);
         }
     }
 
     pub fn query(&self, took: Duration) {
-        self.queries.fetch_add(1, Relaxed);
-        self.query_micros
-            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.queries.inc();
+        self.query_seconds.inc_by(took.as_secs_f64());
     }
 
     pub fn cache_hit(&self) {
-        self.cache_hits.fetch_add(1, Relaxed);
+        self.cache_hits.inc();
     }
 
     pub fn cache_miss(&self) {
-        self.cache_misses.fetch_add(1, Relaxed);
+        self.cache_misses.inc();
     }
 
     pub fn not_modified(&self) {
-        self.not_modified.fetch_add(1, Relaxed);
+        self.not_modified.inc();
     }
 
-    /// The Prometheus exposition text.
+    /// The OpenMetrics exposition text ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let secs = |m: &AtomicU64| m.load(Relaxed) as f64 / 1e6;
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: String| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
-        };
-        counter(
-            "careledger_ingest_batches_total",
-            "Batches acknowledged.",
-            self.ingest_batches.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_ingest_rows_accepted_total",
-            "Rows stored.",
-            self.ingest_rows_accepted.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_ingest_rows_rejected_total",
-            "Rows refused.",
-            self.ingest_rows_rejected.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_commits_total",
-            "Delta commits of ingested data.",
-            self.commits.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_commit_seconds_total",
-            "Time spent in data commits.",
-            secs(&self.commit_micros).to_string(),
-        );
-        counter(
-            "careledger_queries_total",
-            "SQL queries and report runs.",
-            self.queries.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_query_seconds_total",
-            "Time spent answering queries and reports.",
-            secs(&self.query_micros).to_string(),
-        );
-        counter(
-            "careledger_report_cache_hits_total",
-            "Report answers served from the result cache.",
-            self.cache_hits.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_report_cache_misses_total",
-            "Report answers computed.",
-            self.cache_misses.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_report_not_modified_total",
-            "Report requests answered 304.",
-            self.not_modified.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_derive_cycles_total",
-            "Deriver cycles completed (each rewrites the women its commits touched).",
-            self.derive_cycles.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_derive_seconds_total",
-            "Time spent in deriver cycles.",
-            secs(&self.derive_micros).to_string(),
-        );
-        counter(
-            "careledger_derive_women_total",
-            "Women re-derived.",
-            self.derive_women.load(Relaxed).to_string(),
-        );
-        counter(
-            "careledger_derive_errors_total",
-            "Deriver cycles that failed (retried).",
-            self.derive_errors.load(Relaxed).to_string(),
-        );
         let since = self.derive_behind_since.load(Relaxed);
-        let lag = if since == 0 {
+        self.derive_lag.set(if since == 0 {
             0.0
         } else {
             (chrono::Utc::now().timestamp_micros() as f64 - since as f64).max(0.0) / 1e6
-        };
-        out.push_str(&format!(
-            "# HELP careledger_derive_lag_seconds How long the oldest commit not yet in the derived tables has waited (0: caught up).\n\
-             # TYPE careledger_derive_lag_seconds gauge\ncareledger_derive_lag_seconds {lag}\n\
-             # HELP careledger_derive_pending_commits Pushed-table commits not yet in the derived tables.\n\
-             # TYPE careledger_derive_pending_commits gauge\ncareledger_derive_pending_commits {}\n",
-            self.derive_pending_commits.load(Relaxed)
-        ));
-        out.push_str("# HELP careledger_http_request_duration_seconds Time from a request to its response head, by route template, method and status.\n# TYPE careledger_http_request_duration_seconds histogram\n");
-        for ((route, method, status), h) in self.requests.lock().expect("lock").iter() {
-            h.render(
-                &mut out,
-                "careledger_http_request_duration_seconds",
-                &format!(
-                    "route=\"{}\",method=\"{}\",status=\"{status}\"",
-                    label(route),
-                    label(method)
-                ),
-            );
-        }
-        out.push_str("# HELP careledger_commit_duration_seconds Delta commits of ingested data.\n# TYPE careledger_commit_duration_seconds histogram\n");
-        self.commit_latency.lock().expect("lock").render(
-            &mut out,
-            "careledger_commit_duration_seconds",
-            "",
-        );
-        out.push_str("# HELP careledger_ingested_batches_total Batches acknowledged, by table and source.\n# TYPE careledger_ingested_batches_total counter\n");
-        let ingested = self.ingested.lock().expect("lock").clone();
-        for ((table, source), v) in &ingested {
-            out.push_str(&format!(
-                "careledger_ingested_batches_total{{table=\"{}\",source=\"{}\"}} {}\n",
-                label(table),
-                label(source),
-                v[0]
-            ));
-        }
-        out.push_str("# HELP careledger_ingested_rows_total Rows acknowledged, by table, source and outcome (accepted or rejected).\n# TYPE careledger_ingested_rows_total counter\n");
-        for ((table, source), v) in &ingested {
-            for (outcome, n) in [("accepted", v[1]), ("rejected", v[2])] {
-                out.push_str(&format!(
-                    "careledger_ingested_rows_total{{table=\"{}\",source=\"{}\",outcome=\"{outcome}\"}} {n}\n",
-                    label(table),
-                    label(source)
-                ));
-            }
-        }
-        out.push_str(&format!(
-            "# HELP careledger_build_info The running build.\n# TYPE careledger_build_info gauge\ncareledger_build_info{{version=\"{}\"}} 1\n",
-            env!("CARGO_PKG_VERSION")
-        ));
-        out.push_str(&process_metrics());
+        });
+        self.sample_process();
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
-}
 
-/// The process's resident memory, CPU time, open files and start time (Linux `/proc`; empty
-/// elsewhere).
-fn process_metrics() -> String {
-    let mut out = String::new();
-    let page = 4096.0;
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
-        && let Some(rss) = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<f64>().ok())
-    {
-        out.push_str(&format!(
-            "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
-            rss * page
-        ));
-    }
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-        && let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r)
-    {
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // After the command: utime is field 14 and stime 15 (1-based over the whole line).
-        let ticks = 100.0;
-        if let (Some(u), Some(s)) = (
-            f.get(11).and_then(|v| v.parse::<f64>().ok()),
-            f.get(12).and_then(|v| v.parse::<f64>().ok()),
-        ) {
-            out.push_str(&format!(
-                "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n",
-                (u + s) / ticks
-            ));
+    /// The process's resident memory, CPU time and open files (Linux `/proc`; left at 0
+    /// elsewhere).
+    fn sample_process(&self) {
+        let page = 4096.0;
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+            && let Some(rss) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+        {
+            self.resident_bytes.set(rss * page);
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r)
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After the command: utime is field 14 and stime 15 (1-based over the whole line).
+            let ticks = 100.0;
+            if let (Some(u), Some(s)) = (
+                f.get(11).and_then(|v| v.parse::<f64>().ok()),
+                f.get(12).and_then(|v| v.parse::<f64>().ok()),
+            ) {
+                let now = (u + s) / ticks;
+                let seen = f64::from_bits(self.cpu_seconds_seen.swap(now.to_bits(), Relaxed));
+                if now > seen {
+                    self.cpu_seconds.inc_by(now - seen);
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
         }
     }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        out.push_str(&format!(
-            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}\n",
-            fds.count()
-        ));
-    }
-    out
 }

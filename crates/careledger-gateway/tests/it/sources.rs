@@ -96,15 +96,16 @@ async fn a_source_reads_its_own_receipts_and_rejects_and_no_others() {
     assert_eq!(s, StatusCode::OK);
     let text = String::from_utf8_lossy(&body).into_owned();
     for line in [
-        "careledger_http_request_duration_seconds_bucket{route=\"/v1/ingest/{table}\",method=\"POST\",status=\"200\",le=\"+Inf\"} 1",
+        "careledger_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/v1/ingest/{table}\",method=\"POST\",status=\"200\"} 1",
         "careledger_http_request_duration_seconds_count{route=\"/v1/batches/{id}\",method=\"GET\",status=\"404\"} 1",
         "careledger_ingested_rows_total{table=\"women\",source=\"civil_affairs\",outcome=\"accepted\"} 3",
         "careledger_ingested_rows_total{table=\"women\",source=\"civil_affairs\",outcome=\"rejected\"} 1",
         "careledger_ingested_batches_total{table=\"women\",source=\"civil_affairs\"} 1",
-        "careledger_commit_duration_seconds_count{} 1",
+        "careledger_commit_duration_seconds_count 1",
         "careledger_build_info{version=",
         "process_resident_memory_bytes ",
         "process_cpu_seconds_total ",
+        "# EOF",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
