@@ -213,13 +213,21 @@ fn json_to_scalar(name: &str, v: &Value) -> Result<ScalarValue, Problem> {
 }
 
 /// Body of `POST /v1/sql`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SqlRequest {
+    /// One read-only statement; `$name` placeholders take `params`.
+    #[schema(
+        example = "SELECT exit_reason, count(*) AS women FROM status_episodes WHERE start_date >= $from GROUP BY 1 ORDER BY 1"
+    )]
     pub sql: String,
+    /// Values of the `$name` placeholders.
     #[serde(default)]
+    #[schema(example = json!({"from": "2024-01-01"}))]
     pub params: BTreeMap<String, Value>,
+    /// Answer as the ledger was known at this instant.
     pub known_at: Option<String>,
-    /// A batch id, or `latest`: wait until the answer reflects it (see [`wait_if_asked`]).
+    /// A receipt's batch id, or `latest`: wait until the answer reflects it.
+    #[schema(example = "latest")]
     pub wait_for: Option<String>,
 }
 

@@ -10,14 +10,14 @@ use sha2::{Digest, Sha256};
 pub const MAX_RECEIPT_ERRORS: usize = 100;
 
 /// A reported gap in a source's `Batch-Seq`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SeqGap {
     pub expected: i64,
     pub got: i64,
 }
 
 /// What the gateway answers for a batch (and records in the `batches` table).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Receipt {
     pub batch_id: String,
     pub table: String,

@@ -76,7 +76,7 @@ fn objects(batches: &[RecordBatch]) -> Vec<Value> {
     out
 }
 
-const COLUMNS: &str = "batch_id, table_name, idempotency_key, batch_seq, format, atomic, \
+pub(crate) const COLUMNS: &str = "batch_id, table_name, idempotency_key, batch_seq, format, atomic, \
     rows_received, rows_accepted, rows_rejected, table_version, received_at, committed_at";
 
 /// `GET /v1/sources/me`: the source's highest committed Batch-Seq, its counts, its last batch.

@@ -48,7 +48,8 @@ impl Table {
         &specs()[&self]
     }
 
-    fn schema_text(self) -> &'static str {
+    /// The contract's JSON Schema text (`schemas/v1/tables/<table>.json`).
+    pub fn schema_text(self) -> &'static str {
         match self {
             Table::Women => include_str!("../../../schemas/v1/tables/women.json"),
             Table::LifeEvents => include_str!("../../../schemas/v1/tables/life_events.json"),

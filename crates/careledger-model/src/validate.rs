@@ -25,7 +25,7 @@ use crate::resident_id::{ResidentId, contains_id_like, redact_ids};
 use crate::schema::{FieldKind, FieldSpec, Table, TableSpec};
 
 /// One problem with one row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RowError {
     /// 1-based row number within the body (the first data row is 1).
     pub row: usize,

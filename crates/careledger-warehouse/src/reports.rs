@@ -32,7 +32,7 @@ use crate::publish::{CELL_KEY_SUFFIX, PublishSpec};
 use crate::{Access, Result, Snapshot, Warehouse, WarehouseError};
 
 /// A parameter's type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamKind {
     Date,
@@ -42,7 +42,7 @@ pub enum ParamKind {
 }
 
 /// One declared parameter.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ParamSpec {
     pub name: String,
     pub kind: ParamKind,
@@ -53,7 +53,7 @@ pub struct ParamSpec {
 }
 
 /// One named report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReportSpec {
     pub name: String,
     pub title_zh: String,
@@ -65,6 +65,7 @@ pub struct ReportSpec {
     /// `analyst` for case lists (one row per woman): never shown to dashboards.
     pub audience: Option<String>,
     /// How dashboards get it (`-- publish:` lines); a report without them is not published.
+    #[schema(value_type = Option<Object>)]
     pub publish: Option<PublishSpec>,
     #[serde(skip)]
     pub sql: String,
