@@ -11,13 +11,15 @@ WITH span AS (
     SELECT CAST(date_trunc('year', $as_of) AS DATE) AS d_from, CAST($as_of + INTERVAL '1 day' AS DATE) AS d_to
 ),
 last_run AS (
-    SELECT r.person_key, r.region_code,
-           row_number() OVER (PARTITION BY r.person_key ORDER BY r.run_start DESC) AS rn
+    -- Her region on her last run in the period (run starts are distinct per woman and
+    -- level): an aggregate, not a window over all her runs.
+    SELECT r.person_key, first_value(r.region_code ORDER BY r.run_start DESC) AS region_code
     FROM ledger_runs r CROSS JOIN span
     WHERE r.level = $level AND r.run_start < span.d_to AND (r.run_end IS NULL OR r.run_end > span.d_from)
+    GROUP BY r.person_key
 ),
 women AS (
-    SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
+    SELECT person_key, region_code FROM last_run WHERE starts_with(region_code, $region)
 ),
 reached AS (
     SELECT s.person_key, count(DISTINCT s.measure) AS measures

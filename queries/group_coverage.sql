@@ -20,13 +20,15 @@ in_group AS (
     SELECT * FROM both_days WHERE d_from < d_to
 ),
 last_run AS (
-    SELECT person_key, region_code,
-           row_number() OVER (PARTITION BY person_key ORDER BY run_start DESC) AS rn
+    -- Her region on her last run in the period (run starts are distinct per woman and
+    -- level): an aggregate, not a window over all her runs.
+    SELECT person_key, first_value(region_code ORDER BY run_start DESC) AS region_code
     FROM ledger_runs
     WHERE level = $level AND run_start < $to AND (run_end IS NULL OR run_end > $from)
+    GROUP BY person_key
 ),
 region_of AS (
-    SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
+    SELECT person_key, region_code FROM last_run WHERE starts_with(region_code, $region)
 ),
 served AS (
     SELECT DISTINCT i.person_key, i.group_code

@@ -100,6 +100,9 @@ pub struct AppState {
     pub deriver: derive_task::DeriverTask,
 }
 
+/// How long a query snapshot may be reused by a server that derives its store.
+const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
+
 impl AppState {
     /// Starts the commit tasks after loading the keys and sequences the store already holds.
     pub async fn start(
@@ -112,10 +115,16 @@ impl AppState {
         dedup.load(&store).await?;
         let metrics = Arc::new(metrics::Metrics::default());
         let committer = Committer::start(store.clone(), dedup, config.commit, metrics.clone());
-        let warehouse = Warehouse::new(store.clone(), RuleParams::default())
+        let mut warehouse = Warehouse::new(store.clone(), RuleParams::default())
             .with_memory_limit(config.query.memory_limit)
             .with_cell_key_secret(key.derive_secret("publication record keys"))
             .with_time_zone(config.time_zone);
+        if config.derive {
+            // The derived tables change only through this process's deriver, so a snapshot
+            // stays current until a table it read moves here; other processes' pushes show
+            // within a second.
+            warehouse = warehouse.with_snapshot_reuse(SNAPSHOT_REUSE);
+        }
         let publisher = disclosure::Publisher::new(
             config.query.disclosure_k,
             key.derive_secret("publication noise"),

@@ -30,6 +30,12 @@ impl LocalZone {
         self.0.name()
     }
 
+    /// The zone's offset from UTC at an instant, in seconds (local minus UTC).
+    pub fn offset_seconds(&self, t: DateTime<Utc>) -> i32 {
+        use chrono::Offset;
+        t.with_timezone(&self.0).offset().fix().local_minus_utc()
+    }
+
     /// The local calendar day of an instant.
     pub fn date_of(&self, t: DateTime<Utc>) -> NaiveDate {
         t.with_timezone(&self.0).date_naive()

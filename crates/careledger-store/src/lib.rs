@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -147,6 +148,9 @@ pub struct Append {
 pub struct Store {
     root: Url,
     tables: HashMap<&'static str, Mutex<DeltaTable>>,
+    /// Per table: 1 + the latest version this process has loaded or committed (0: none yet),
+    /// readable without waiting for a writer or touching storage ([`Store::known_version`]).
+    known: HashMap<&'static str, AtomicU64>,
     writer: WriterProperties,
     /// Per table: application-transaction versions read from the commits seen so far.
     txns: Mutex<HashMap<String, TxnIndex>>,
@@ -234,12 +238,7 @@ impl Store {
             }
             tables.insert(name, Mutex::new(table));
         }
-        Ok(Store {
-            root,
-            tables,
-            writer: writer_properties(),
-            txns: Mutex::default(),
-        })
+        Ok(Store::new(root, tables))
     }
 
     /// Like [`Store::open`], with object-store settings (for `s3://`: `AWS_ENDPOINT_URL`,
@@ -254,12 +253,44 @@ impl Store {
             let table = open_or_create(&root, name, &schema, &options).await?;
             tables.insert(name, Mutex::new(table));
         }
-        Ok(Store {
+        Ok(Store::new(root, tables))
+    }
+
+    fn new(root: Url, tables: HashMap<&'static str, Mutex<DeltaTable>>) -> Store {
+        let known = tables
+            .keys()
+            .map(|name| (*name, AtomicU64::new(0)))
+            .collect();
+        let store = Store {
             root,
             tables,
+            known,
             writer: writer_properties(),
             txns: Mutex::default(),
-        })
+        };
+        for (name, slot) in &store.tables {
+            if let Ok(table) = slot.try_lock() {
+                store.note(name, &table);
+            }
+        }
+        store
+    }
+
+    /// Records the version of `table` as the latest this process knows of `name`.
+    fn note(&self, name: &str, table: &DeltaTable) {
+        if let (Some(known), Some(v)) = (self.known.get(name), table.version()) {
+            known.fetch_max(v + 1, Ordering::AcqRel);
+        }
+    }
+
+    /// The latest version of `name` this process has loaded or committed, without waiting for
+    /// a writer or reading storage (None: none yet). Another process's commits show only after
+    /// a [`Store::refresh`].
+    pub fn known_version(&self, name: &str) -> Option<u64> {
+        match self.known.get(name)?.load(Ordering::Acquire) {
+            0 => None,
+            v => Some(v - 1),
+        }
     }
 
     pub fn url(&self) -> &Url {
@@ -305,6 +336,7 @@ impl Store {
         .await?;
         let version = written.version().expect("a committed table has a version");
         *guard = written;
+        self.note(name, &guard);
         Ok(version)
     }
 
@@ -313,6 +345,7 @@ impl Store {
         let slot = self.slot(name)?;
         let mut guard = slot.lock().await;
         guard.update_state().await?;
+        self.note(name, &guard);
         Ok(guard.clone())
     }
 
@@ -422,6 +455,7 @@ impl Store {
         let slot = self.slot(name)?;
         let mut guard = slot.lock().await;
         guard.update_state().await?;
+        self.note(name, &guard);
         let props = commit_properties(txns, Vec::new());
         let (table, _metrics) = guard
             .clone()
@@ -432,6 +466,7 @@ impl Store {
             .await?;
         let version = table.version().unwrap_or_default();
         *guard = table;
+        self.note(name, &guard);
         Ok(version)
     }
 
@@ -441,6 +476,7 @@ impl Store {
         let slot = self.slot(name)?;
         let mut guard = slot.lock().await;
         guard.update_state().await?;
+        self.note(name, &guard);
         let schema = guard.snapshot()?.snapshot().arrow_schema();
         let mut batches: Vec<RecordBatch> = append
             .batches
@@ -461,6 +497,7 @@ impl Store {
             .await?;
         let version = written.version().expect("a committed table has a version");
         *guard = written;
+        self.note(name, &guard);
         Ok(version)
     }
 
@@ -477,6 +514,7 @@ impl Store {
         let slot = self.slot(name)?;
         let mut guard = slot.lock().await;
         guard.update_state().await?;
+        self.note(name, &guard);
         let props = commit_properties(txns, Vec::new());
         let written = guard
             .clone()
@@ -489,6 +527,7 @@ impl Store {
             .await?;
         let version = written.version().expect("a committed table has a version");
         *guard = written;
+        self.note(name, &guard);
         Ok(version)
     }
 
@@ -628,6 +667,7 @@ impl Store {
         let slot = self.slot(name)?;
         let mut guard = slot.lock().await;
         guard.update_state().await?;
+        self.note(name, &guard);
         let target = std::num::NonZeroU64::new(target_bytes.max(1)).expect("at least 1");
         let (table, metrics) = guard
             .clone()
@@ -638,6 +678,7 @@ impl Store {
             .await?;
         let version = table.version().unwrap_or_default();
         *guard = table;
+        self.note(name, &guard);
         Ok(CompactStats {
             files_removed: metrics.num_files_removed,
             files_added: metrics.num_files_added,
@@ -668,6 +709,7 @@ impl Store {
         let slot = self.slot(name)?;
         let mut guard = slot.lock().await;
         guard.update_state().await?;
+        self.note(name, &guard);
         let retention = chrono::Duration::from_std(retention)
             .map_err(|e| StoreError::Url(name.into(), format!("retention: {e}")))?;
         let (table, metrics) = guard
@@ -678,6 +720,7 @@ impl Store {
             .with_enforce_retention_duration(!force)
             .await?;
         *guard = table;
+        self.note(name, &guard);
         Ok(VacuumStats {
             files_deleted: metrics.files_deleted.len() as u64,
         })

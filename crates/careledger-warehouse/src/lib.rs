@@ -143,6 +143,11 @@ pub struct Warehouse {
     /// Maintains the derived tables this warehouse reads (run by the server beside the
     /// queries, never inside one).
     deriver: Arc<Deriver>,
+    /// Snapshots built recently, reused while no table they read has changed (see
+    /// [`Warehouse::with_snapshot_reuse`]).
+    snapshots: std::sync::Mutex<Vec<CachedSnapshot>>,
+    /// How long a snapshot may be reused (None: every request builds its own).
+    reuse_for: Option<std::time::Duration>,
 }
 
 /// One consistent view of the warehouse at `known_at`.
@@ -276,6 +281,41 @@ fn quote(name: &str) -> String {
     format!("\"{name}\"")
 }
 
+/// A built snapshot kept for reuse: what it was built for, and the version of every table it
+/// read.
+#[derive(Debug)]
+struct CachedSnapshot {
+    key: SnapshotKey,
+    built: std::time::Instant,
+    read: Vec<(&'static str, Option<u64>)>,
+    snapshot: Snapshot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SnapshotKey {
+    known_at: Option<DateTime<Utc>>,
+    scope: Option<String>,
+    rejects: bool,
+    publication: bool,
+}
+
+/// At most this many snapshots are kept for reuse.
+const SNAPSHOTS_KEPT: usize = 16;
+
+/// Every table a snapshot reads.
+fn snapshot_tables() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Table::ALL.iter().map(|t| t.as_str()).collect();
+    names.extend([BATCHES, REJECTS, DERIVED_SUPERSEDED]);
+    names.extend(Table::ALL.iter().map(|t| derived_current(*t)));
+    names.extend([
+        DERIVED_PEOPLE,
+        DERIVED_EPISODES,
+        DERIVED_RESIDENCE,
+        DERIVED_RUNS,
+    ]);
+    names
+}
+
 impl Warehouse {
     pub fn new(store: Arc<Store>, rule: RuleParams) -> Warehouse {
         Warehouse {
@@ -285,7 +325,66 @@ impl Warehouse {
             memory_pool: None,
             cell_key_secret: None,
             zone: LocalZone::default(),
+            snapshots: std::sync::Mutex::default(),
+            reuse_for: None,
         }
+    }
+
+    /// Reuses a built snapshot for later requests with the same access and `known_at`, for
+    /// at most `max_age`, and only while every table it read is still at the version it read
+    /// (as far as this process knows: its own commits and refreshes, the deriver's included).
+    /// Another process's commits are seen when something in this process refreshes the table
+    /// (the deriver does, for the pushed tables), or after `max_age` at the latest. Building
+    /// a snapshot refreshes about twenty Delta tables and plans the views over them; for the
+    /// server that derives its store this is the fixed cost of every report.
+    pub fn with_snapshot_reuse(mut self, max_age: std::time::Duration) -> Warehouse {
+        self.reuse_for = Some(max_age);
+        self
+    }
+
+    /// A reusable snapshot for `key`, as a session of its own (a query may register
+    /// functions in its session; the tables and views are shared).
+    fn reused(&self, key: &SnapshotKey) -> Option<Snapshot> {
+        let max_age = self.reuse_for?;
+        let mut kept = self.snapshots.lock().expect("lock");
+        kept.retain(|c| {
+            c.built.elapsed() < max_age
+                && c.read
+                    .iter()
+                    .all(|(name, v)| self.store.known_version(name) == *v)
+        });
+        let c = kept.iter().find(|c| &c.key == key)?;
+        let s = &c.snapshot;
+        Some(Snapshot {
+            ctx: SessionContext::new_with_state(s.ctx.state()),
+            zone: s.zone,
+            known_at: s.known_at,
+            versions: s.versions.clone(),
+            derived: s.derived.clone(),
+        })
+    }
+
+    fn keep(&self, key: SnapshotKey, read: Vec<(&'static str, Option<u64>)>, s: &Snapshot) {
+        if self.reuse_for.is_none() {
+            return;
+        }
+        let mut kept = self.snapshots.lock().expect("lock");
+        kept.retain(|c| c.key != key);
+        if kept.len() >= SNAPSHOTS_KEPT {
+            kept.remove(0);
+        }
+        kept.push(CachedSnapshot {
+            key,
+            built: std::time::Instant::now(),
+            read,
+            snapshot: Snapshot {
+                ctx: SessionContext::new_with_state(s.ctx.state()),
+                zone: s.zone,
+                known_at: s.known_at,
+                versions: s.versions.clone(),
+                derived: s.derived.clone(),
+            },
+        });
     }
 
     /// The time zone of every "day" (default Asia/Shanghai).
@@ -375,6 +474,31 @@ impl Warehouse {
     /// A snapshot that shows only what `access` allows: every table a query can name is
     /// filtered to the scope before any user SQL sees it.
     pub async fn snapshot_as(
+        &self,
+        known_at: Option<DateTime<Utc>>,
+        access: &Access,
+    ) -> Result<Snapshot> {
+        let key = SnapshotKey {
+            known_at,
+            scope: access.scope.clone(),
+            rejects: access.rejects,
+            publication: access.publication,
+        };
+        if let Some(s) = self.reused(&key) {
+            return Ok(s);
+        }
+        // What this process knows of every table before the build: if a table moves during
+        // the build, the snapshot is not kept under the older version.
+        let read: Vec<(&'static str, Option<u64>)> = snapshot_tables()
+            .into_iter()
+            .map(|name| (name, self.store.known_version(name)))
+            .collect();
+        let snapshot = self.build_snapshot(known_at, access).await?;
+        self.keep(key, read, &snapshot);
+        Ok(snapshot)
+    }
+
+    async fn build_snapshot(
         &self,
         known_at: Option<DateTime<Utc>>,
         access: &Access,
