@@ -34,25 +34,22 @@ lived AS (
     JOIN regions g ON g.code = r.region_code AND g.level = 'village' AND g.rural
     WHERE r.valid_from <= $as_of AND (r.valid_to IS NULL OR r.valid_to > $as_of)
 ),
-missing AS (
-    SELECT l.village, i.person_key FROM in_ledger i
-    JOIN lived l ON l.person_key = i.person_key
-    LEFT JOIN registered r ON r.person_key = i.person_key
-    WHERE r.person_key IS NULL
-),
-stale AS (
-    SELECT coalesce(l.village, r.registered_village) AS village, r.person_key FROM registered r
-    LEFT JOIN in_ledger i ON i.person_key = r.person_key
-    LEFT JOIN lived l ON l.person_key = r.person_key
-    WHERE i.person_key IS NULL
+compared AS (
+    -- One pass over her registration, her ledger status and her village (each computed
+    -- once): eligible but not registered needs a village she lives in; registered but not
+    -- eligible counts where she lives, else where she is registered.
+    SELECT coalesce(r.person_key, i.person_key) AS person_key,
+           CASE WHEN r.person_key IS NULL THEN l.village ELSE coalesce(l.village, r.registered_village) END AS village,
+           CASE WHEN r.person_key IS NULL THEN 1 ELSE 0 END AS eligible_not_registered,
+           CASE WHEN i.person_key IS NULL THEN 1 ELSE 0 END AS registered_not_eligible
+    FROM registered r
+    FULL OUTER JOIN in_ledger i ON i.person_key = r.person_key
+    LEFT JOIN lived l ON l.person_key = coalesce(r.person_key, i.person_key)
+    WHERE (r.person_key IS NULL AND l.village IS NOT NULL) OR i.person_key IS NULL
 ),
 counts AS (
     SELECT lv.region_code, c.person_key, c.eligible_not_registered, c.registered_not_eligible
-    FROM (
-        SELECT village, person_key, 1 AS eligible_not_registered, 0 AS registered_not_eligible FROM missing
-        UNION ALL
-        SELECT village, person_key, 0, 1 FROM stale
-    ) c
+    FROM compared c
     JOIN region_levels lv ON lv.code = c.village AND lv.level = $level
 )
 SELECT c.region_code, rg.name AS region_name,

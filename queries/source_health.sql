@@ -27,7 +27,8 @@ dated AS (
 lagged AS (
     SELECT d.source,
            (to_unixtime(d.ingested_at) - to_unixtime(local_day_start(d.d))) / 86400.0 AS lag_days,
-           CASE WHEN local_date(d.ingested_at) >= CAST(date_trunc('month', d.d) + INTERVAL '1 month' + INTERVAL '9 days' AS DATE) THEN 1 ELSE 0 END AS frozen,
+           -- frozen_from(d): the 10th of the month after d's (= date_trunc('month', d) + 1 month + 9 days).
+           CASE WHEN local_date(d.ingested_at) >= frozen_from(d.d) THEN 1 ELSE 0 END AS frozen,
            CASE WHEN p.person_key IS NULL THEN 1 ELSE 0 END AS orphan
     FROM dated d LEFT JOIN people p ON p.person_key = d.person_key
 ),

@@ -1,13 +1,13 @@
-//! `local_date(timestamp)` and `local_day_start(date)`: the configured zone's days in SQL, so
-//! that reports (source health's lags and frozen periods) count days as Guangxi does, not in
-//! UTC.
+//! `local_date(timestamp)`, `local_day_start(date)` and `frozen_from(date)`: the configured
+//! zone's days in SQL, so that reports (source health's lags and frozen periods) count days as
+//! Guangxi does, not in UTC. All three memoise per distinct hour or day within a batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, Date32Array, Int64Array, TimestampMicrosecondArray};
 use careledger_model::LocalZone;
-use chrono::DateTime;
+use chrono::{DateTime, Datelike};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{Result as DfResult, exec_err};
 use datafusion::logical_expr::{
@@ -18,6 +18,7 @@ use datafusion::logical_expr::{
 enum Kind {
     Date,
     DayStart,
+    FrozenFrom,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -36,6 +37,7 @@ impl ScalarUDFImpl for LocalDay {
         match self.kind {
             Kind::Date => "local_date",
             Kind::DayStart => "local_day_start",
+            Kind::FrozenFrom => "frozen_from",
         }
     }
 
@@ -45,7 +47,7 @@ impl ScalarUDFImpl for LocalDay {
 
     fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
         Ok(match self.kind {
-            Kind::Date => DataType::Date32,
+            Kind::Date | Kind::FrozenFrom => DataType::Date32,
             Kind::DayStart => utc_micros(),
         })
     }
@@ -75,6 +77,14 @@ impl ScalarUDFImpl for LocalDay {
                     .expect("cast to Date32");
                 let starts = starts_of(&zone, days);
                 Arc::new(starts.with_timezone("UTC"))
+            }
+            Kind::FrozenFrom => {
+                let days = datafusion::arrow::compute::cast(&array, &DataType::Date32)?;
+                let days = days
+                    .as_any()
+                    .downcast_ref::<Date32Array>()
+                    .expect("cast to Date32");
+                Arc::new(frozen_from(days))
             }
         };
         Ok(ColumnarValue::Array(out))
@@ -119,6 +129,22 @@ fn starts_of(zone: &LocalZone, days: &Date32Array) -> TimestampMicrosecondArray 
         .collect()
 }
 
+/// The day a date's month is frozen from: the 10th of the following month (that month's
+/// figures are published then). Memoised per distinct day.
+fn frozen_from(days: &Date32Array) -> Date32Array {
+    let mut memo: HashMap<i32, Option<i32>> = HashMap::new();
+    days.iter()
+        .map(|d| {
+            let d = d?;
+            *memo.entry(d).or_insert_with(|| {
+                let first = careledger_model::from_epoch_days(d).with_day(1)?;
+                let next = first.checked_add_months(chrono::Months::new(1))?;
+                Some(careledger_model::epoch_days(next.with_day(10)?))
+            })
+        })
+        .collect()
+}
+
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
 
@@ -138,12 +164,14 @@ fn hour_offset(zone: &LocalZone, micros: i64, seen: &mut HashMap<i64, Option<i64
     })
 }
 
-/// Both functions for `zone`.
-pub(crate) fn udfs(zone: LocalZone) -> [ScalarUDF; 2] {
-    [Kind::Date, Kind::DayStart].map(|kind| {
+/// The day functions for `zone`.
+pub(crate) fn udfs(zone: LocalZone) -> [ScalarUDF; 3] {
+    [Kind::Date, Kind::DayStart, Kind::FrozenFrom].map(|kind| {
         let signature = match kind {
             Kind::Date => Signature::any(1, Volatility::Immutable),
-            Kind::DayStart => Signature::exact(vec![DataType::Date32], Volatility::Immutable),
+            Kind::DayStart | Kind::FrozenFrom => {
+                Signature::exact(vec![DataType::Date32], Volatility::Immutable)
+            }
         };
         ScalarUDF::new_from_impl(LocalDay {
             kind,
@@ -188,6 +216,17 @@ mod tests {
                 );
             }
             let days: Date32Array = (19_000..19_800).map(Some).collect();
+            let frozen = frozen_from(&days);
+            for (d, f) in days.iter().zip(frozen.iter()) {
+                let day = careledger_model::from_epoch_days(d.unwrap());
+                let f = careledger_model::from_epoch_days(f.unwrap());
+                assert_eq!(f.day(), 10, "{day}");
+                assert_eq!(
+                    (f.year() * 12 + f.month() as i32) - (day.year() * 12 + day.month() as i32),
+                    1,
+                    "{day} -> {f}"
+                );
+            }
             let got = starts_of(&zone, &days);
             for (d, s) in days.iter().zip(got.iter()) {
                 let day = careledger_model::from_epoch_days(d.unwrap());

@@ -30,6 +30,14 @@ async fn days_are_counted_in_the_configured_zone() {
     let text = sql_text(&beijing, q).await;
     assert!(text.contains("2024-08-10"), "{text}");
     assert!(text.contains("2024-07-09T16:00:00Z"), "{text}");
+    // frozen_from(d) is the 10th of the next month, as the date arithmetic says it, every
+    // day of three years.
+    let frozen_q = "SELECT count(*) AS days, sum(CASE WHEN frozen_from(d) = CAST(date_trunc('month', d) \
+             + INTERVAL '1 month' + INTERVAL '9 days' AS DATE) THEN 1 ELSE 0 END) AS same \
+             FROM (SELECT CAST(d AS DATE) AS d FROM unnest(range(DATE '2023-01-01', \
+             DATE '2026-01-01', INTERVAL '1 day')) AS t(d))";
+    let frozen = sql_text(&beijing, frozen_q).await;
+    assert!(frozen.contains("| 1096 | 1096 |"), "{frozen}");
     let utc = Warehouse::new(store, RuleParams::default())
         .with_time_zone(LocalZone::parse("UTC").unwrap());
     let text = sql_text(&utc, q).await;
