@@ -7,15 +7,15 @@
 -- param: as_of date 2024-12-31 | Last day counted
 -- param: level text county {province,city,county,township,village} | Region level of the rows
 -- param: region text 45 | Code prefix of the regions shown
-WITH span AS (
-    SELECT CAST(date_trunc('year', $as_of) AS DATE) AS d_from, CAST($as_of + INTERVAL '1 day' AS DATE) AS d_to
-),
-last_run AS (
+-- The period is [1 January of as_of's year, as_of + 1 day), written out where it is used
+-- (constant after binding, so the scans prune by it; a one-row CTE joined in would not).
+WITH last_run AS (
     -- Her region on her last run in the period (run starts are distinct per woman and
     -- level): an aggregate, not a window over all her runs.
     SELECT r.person_key, first_value(r.region_code ORDER BY r.run_start DESC) AS region_code
-    FROM ledger_runs r CROSS JOIN span
-    WHERE r.level = $level AND r.run_start < span.d_to AND (r.run_end IS NULL OR r.run_end > span.d_from)
+    FROM ledger_runs r
+    WHERE r.level = $level AND r.run_start < CAST($as_of + INTERVAL '1 day' AS DATE)
+      AND (r.run_end IS NULL OR r.run_end > CAST(date_trunc('year', $as_of) AS DATE))
     GROUP BY r.person_key
 ),
 women AS (
@@ -24,12 +24,12 @@ women AS (
 reached AS (
     SELECT s.person_key, count(DISTINCT s.measure) AS measures
     FROM services s
-    CROSS JOIN span
     JOIN status_episodes e
       ON e.person_key = s.person_key
      AND s.service_date >= e.start_date
      AND (e.end_date IS NULL OR s.service_date < e.end_date)
-    WHERE s.service_date >= span.d_from AND s.service_date < span.d_to
+    WHERE s.service_date >= CAST(date_trunc('year', $as_of) AS DATE)
+      AND s.service_date < CAST($as_of + INTERVAL '1 day' AS DATE)
     GROUP BY s.person_key
 )
 SELECT w.region_code,

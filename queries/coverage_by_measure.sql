@@ -36,9 +36,11 @@ SELECT d.region_code,
        rg.name AS region_name,
        m.measure,
        m.measure_zh,
-       count(DISTINCT d.person_key) AS women_in_ledger,
-       count(DISTINCT sv.person_key) AS women_served,
-       round(CAST(count(DISTINCT sv.person_key) AS DOUBLE) / count(DISTINCT d.person_key), 4) AS coverage,
+       -- One denominator row per woman and measure, at most one served row joined to it:
+       -- plain counts are the distinct counts.
+       count(*) AS women_in_ledger,
+       count(sv.person_key) AS women_served,
+       round(CAST(count(sv.person_key) AS DOUBLE) / count(*), 4) AS coverage,
        sum(DISTINCT cell_key(d.person_key)) AS women_in_ledger__ck,
        sum(DISTINCT cell_key(sv.person_key)) AS women_served__ck
 FROM denominator d

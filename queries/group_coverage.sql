@@ -38,6 +38,9 @@ served AS (
      AND s.measure = $measure
      AND s.service_date >= i.d_from
      AND s.service_date < i.d_to
+    -- Implied by the two lines above (d_from >= $from, d_to <= $to); said so that the scan
+    -- of services skips the pages outside the period.
+    WHERE s.service_date >= $from AND s.service_date < $to
 )
 SELECT r.region_code,
        rg.name AS region_name,
