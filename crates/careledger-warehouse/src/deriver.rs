@@ -176,15 +176,18 @@ pub struct Deriver {
 }
 
 /// The derived data tables (all but `derived/superseded`).
-/// The order rows of a derived table are written in, so that the filters reports put on it
-/// skip whole pages (Parquet page statistics): `ledger_runs` by level and region (every
-/// region-level report reads one level under one prefix), the current services by date (the
+/// The order rows of a derived table are written in (ascending, nulls first), so that the
+/// filters reports put on it skip whole pages (Parquet page statistics): `ledger_runs` by
+/// level, then current before ended, then region (every region-level report reads one level
+/// under one prefix, as known now), the current services current first, then by date (the
 /// coverage reports read one period). Each file is in this order; files are not merged.
 fn cluster_order(name: &str) -> &'static [&'static str] {
+    // Nulls first, so that within a level the current rows (`known_to` NULL) come before the
+    // history (rows whose knowledge has ended), and a query of now skips the history's pages.
     if name == DERIVED_RUNS {
-        &["level", "region_code", "run_start"]
+        &["level", "known_to", "region_code", "run_start"]
     } else if name == derived_current(Table::Services) {
-        &["service_date"]
+        &["known_to", "service_date"]
     } else {
         &[]
     }
@@ -590,9 +593,10 @@ impl Deriver {
                     .await?,
                 );
             }
+            // Nulls first, as `clustered` sorts.
             let order = cluster_order(name)
                 .iter()
-                .map(|c| format!("\"{c}\""))
+                .map(|c| format!("\"{c}\" ASC NULLS FIRST"))
                 .collect::<Vec<_>>();
             let order = if order.is_empty() {
                 String::new()
