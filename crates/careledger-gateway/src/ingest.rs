@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::{Array, RecordBatch, StringArray};
@@ -9,7 +10,7 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use careledger_decode::{BodyFormat, decode_records};
 use careledger_model::{
@@ -147,6 +148,52 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
         .transpose()
 }
 
+/// Reserves this body's bytes (KiB) of the ingest budget: its `Content-Length` when it is
+/// sent uncompressed, else the body limit (what it may decompress to); never more than the
+/// whole budget, so one body alone always fits. Waits at most a second (None: no room).
+async fn reserve_budget(
+    state: &AppState,
+    headers: &HeaderMap,
+    encoding: &Encoding,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|_| matches!(encoding, Encoding::Identity));
+    let bytes = declared
+        .unwrap_or(state.config.max_body_bytes)
+        .min(state.config.max_body_bytes)
+        .min(state.config.ingest_budget_bytes);
+    let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        state.ingest_budget.clone().acquire_many_owned(kib),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+/// 503 with Retry-After and `Connection: close`: the bodies in flight fill the ingest budget.
+fn budget_exhausted(state: &AppState) -> Response {
+    let mut resp = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ingest-busy",
+        format!(
+            "the server is holding its budget of {} MiB of ingest bodies from other senders; nothing of this batch was read or stored: retry after the time in Retry-After with the same Idempotency-Key",
+            state.config.ingest_budget_bytes / (1024 * 1024)
+        ),
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    // The body was not read: the connection is not reused.
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 pub async fn ingest(
     State(state): State<Arc<AppState>>,
     Path(table_name): Path<String>,
@@ -208,6 +255,10 @@ pub async fn ingest(
     let atomic = params.atomic.unwrap_or(true);
     let dry_run = params.dry_run.unwrap_or(false);
 
+    // The body's share of the server's ingest budget, held until the batch is answered.
+    let Some(_budget) = reserve_budget(&state, &headers, &encoding).await else {
+        return Ok(budget_exhausted(&state));
+    };
     let bytes = axum::body::to_bytes(body, state.config.max_body_bytes)
         .await
         .map_err(|e| {

@@ -52,6 +52,11 @@ pub struct GatewayConfig {
     /// Requests one token may have in flight at once; past it, 429 with Retry-After before
     /// the body is read, and the connection is closed (0: no cap).
     pub max_in_flight_per_token: usize,
+    /// Bytes of ingest bodies the server holds at once, all senders together (each body
+    /// reserves its `Content-Length`, or the body limit when it is compressed or has none,
+    /// until its batch is answered). A body that does not fit within a second gets 503 with
+    /// Retry-After: overload is refused, never an out-of-memory.
+    pub ingest_budget_bytes: usize,
     pub commit: CommitConfig,
     pub query: QueryConfig,
     /// The zone of every "day": a date in the future at ingest, a date-only `known_at`,
@@ -71,6 +76,7 @@ impl Default for GatewayConfig {
             min_body_rate: 1024,
             body_grace: Duration::from_secs(2),
             max_in_flight_per_token: 32,
+            ingest_budget_bytes: 1024 * 1024 * 1024,
             commit: CommitConfig::default(),
             query: QueryConfig::default(),
             time_zone: careledger_model::LocalZone::default(),
@@ -92,6 +98,8 @@ pub struct AppState {
     pub cache: query::ResultCache,
     /// Slots for `POST /v1/sql` queries running at once (`QueryConfig::max_concurrent`).
     pub sql_slots: Arc<tokio::sync::Semaphore>,
+    /// The ingest body budget, in KiB (`GatewayConfig::ingest_budget_bytes`).
+    pub ingest_budget: Arc<tokio::sync::Semaphore>,
     /// Disclosure control of dashboard answers (its noise secret derives from `key`).
     pub publisher: disclosure::Publisher,
     pub metrics: Arc<metrics::Metrics>,
@@ -138,6 +146,7 @@ impl AppState {
         );
         let query = config.query.clone();
         let sql_slots = Arc::new(tokio::sync::Semaphore::new(query.max_concurrent.max(1)));
+        let config_budget_kib = config.ingest_budget_bytes.div_ceil(1024).max(1);
         Ok(Arc::new(AppState {
             store,
             tokens,
@@ -148,6 +157,7 @@ impl AppState {
             query,
             cache: query::ResultCache::default(),
             sql_slots,
+            ingest_budget: Arc::new(tokio::sync::Semaphore::new(config_budget_kib)),
             publisher,
             metrics,
             audit_log,

@@ -137,6 +137,11 @@ struct ServeArgs {
     /// Requests one token may have in flight at once (past it, 429 with Retry-After); 0: no cap.
     #[arg(long, env = "CARELEDGER_MAX_IN_FLIGHT_PER_TOKEN", default_value_t = 32)]
     max_in_flight_per_token: usize,
+    /// MiB of ingest bodies held at once, all senders together (each reserves its length, or
+    /// the body limit when compressed); a body that finds no room within a second gets 503
+    /// with Retry-After.
+    #[arg(long, env = "CARELEDGER_INGEST_BUDGET_MIB", default_value_t = 1024)]
+    ingest_budget_mib: usize,
     /// Report answers kept for repeated requests (by ETag); 0 computes every request.
     #[arg(long, env = "CARELEDGER_REPORT_CACHE_ENTRIES", default_value_t = 64)]
     report_cache_entries: usize,
@@ -301,6 +306,7 @@ struct ServeFile {
     min_body_rate: Option<u64>,
     body_grace_s: Option<u64>,
     max_in_flight_per_token: Option<usize>,
+    ingest_budget_mib: Option<usize>,
     report_cache_entries: Option<usize>,
     query_memory_mib: Option<usize>,
     query_timeout_s: Option<u64>,
@@ -362,6 +368,12 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
         .filter(|_| unset("max_in_flight_per_token"))
     {
         args.max_in_flight_per_token = v;
+    }
+    if let Some(v) = file
+        .ingest_budget_mib
+        .filter(|_| unset("ingest_budget_mib"))
+    {
+        args.ingest_budget_mib = v;
     }
     if let Some(v) = file
         .report_cache_entries
@@ -591,6 +603,7 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         min_body_rate: args.min_body_rate,
         body_grace: Duration::from_secs(args.body_grace_s),
         max_in_flight_per_token: args.max_in_flight_per_token,
+        ingest_budget_bytes: args.ingest_budget_mib.max(1) * 1024 * 1024,
         commit: CommitConfig {
             window: Duration::from_millis(args.commit_window_ms),
             ..CommitConfig::default()

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use arrow_array::{Array, StringArray};
+use axum::body::Body;
 use axum::http::StatusCode;
 use careledger_gateway::Role;
 use careledger_model::{ResidentId, Table};
@@ -960,4 +961,73 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Bodies in flight are bounded: while one sender's body holds the whole ingest budget, another
+/// body waits at most a second and gets 503 with Retry-After, having stored nothing; once the
+/// first is answered, the retry goes through.
+#[tokio::test]
+async fn bodies_past_the_ingest_budget_get_503_with_retry_after() {
+    let h = Harness::with_config(careledger_gateway::GatewayConfig {
+        ingest_budget_bytes: 64 * 1024,
+        ..careledger_gateway::GatewayConfig::default()
+    })
+    .await;
+    // A body with no Content-Length reserves the whole budget (it could be as large) and is
+    // held open by its sender.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let app = h.app.clone();
+    let civil = h.tok("civil_affairs").to_string();
+    let held = tokio::spawn(async move {
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/v1/ingest/women")
+            .header("authorization", format!("Bearer {civil}"))
+            .header("content-type", "application/x-ndjson")
+            .body(Body::from_stream(stream))
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(app, req).await.unwrap();
+        resp.status()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let health = h.tok("health").to_string();
+    let body = ndjson(&[woman(2, "health")]);
+    let started = std::time::Instant::now();
+    let (s, headers, v) = h
+        .post(
+            "/v1/ingest/women",
+            &health,
+            "application/x-ndjson",
+            body.clone(),
+            &[("idempotency-key", "k-2")],
+        )
+        .await;
+    assert_problem(&headers, &v, StatusCode::SERVICE_UNAVAILABLE, s);
+    assert_eq!(headers["retry-after"], "1");
+    assert!(v["type"].as_str().unwrap().ends_with("ingest-busy"), "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    // The first sender finishes: its batch is stored, and the budget is free again.
+    tx.send(Ok(bytes::Bytes::from(ndjson(&[woman(1, "civil_affairs")]))))
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(held.await.unwrap(), StatusCode::OK);
+    assert_eq!(h.count("women").await, 1, "the refused body stored nothing");
+    let (s, _, v) = h
+        .post(
+            "/v1/ingest/women",
+            &health,
+            "application/x-ndjson",
+            body,
+            &[("idempotency-key", "k-2")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["rows_accepted"], 1, "{v}");
+    assert_eq!(h.count("women").await, 2);
 }
