@@ -9,17 +9,18 @@
 WITH latest AS (
     -- Her deciding action on as_of. Same effective date: the current version ingested later
     -- (rows of one batch share its instant), then the higher record_id as text; `source` last,
-    -- only so that the order is total. (An aggregate keeping each woman's first row in that
-    -- order, not a window: no sort of all her registrations.)
+    -- only so that the order is total. One aggregate keeping each woman's first row in that
+    -- order (not a window: no sort of all her registrations), over action and village in one
+    -- text (`action:village`; action codes have no colon), which halves its cost.
     SELECT person_key,
-           first_value(action ORDER BY effective_date DESC, ingested_at DESC, record_id DESC, source DESC) AS action,
-           first_value(region_code ORDER BY effective_date DESC, ingested_at DESC, record_id DESC, source DESC) AS region_code
+           first_value(concat(action, ':', coalesce(region_code, '')) ORDER BY effective_date DESC, ingested_at DESC, record_id DESC, source DESC) AS decided
     FROM registrations
     WHERE effective_date <= $as_of AND person_key IS NOT NULL
     GROUP BY person_key
 ),
 registered AS (
-    SELECT person_key, region_code AS registered_village FROM latest WHERE action = 'registered'
+    SELECT person_key, nullif(split_part(decided, ':', 2), '') AS registered_village
+    FROM latest WHERE split_part(decided, ':', 1) = 'registered'
 ),
 in_ledger AS (
     -- In the ledger on as_of, wherever she lived (episodes are not split by region).
