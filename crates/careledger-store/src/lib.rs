@@ -310,6 +310,20 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownTable(name.to_string()))
     }
 
+    /// The table's slot, locked, with the latest version loaded (and noted).
+    async fn latest(&self, name: &str) -> Result<tokio::sync::MutexGuard<'_, DeltaTable>> {
+        let mut guard = self.slot(name)?.lock().await;
+        guard.update_state().await?;
+        self.note(name, &guard);
+        Ok(guard)
+    }
+
+    /// Puts a table this process just committed in its slot (and notes its version).
+    fn install(&self, name: &str, slot: &mut DeltaTable, table: DeltaTable) {
+        *slot = table;
+        self.note(name, slot);
+    }
+
     /// Appends in one commit and returns the new table version. Nothing is visible if it fails.
     pub async fn append(&self, name: &str, append: Append) -> Result<u64> {
         let slot = self.slot(name)?;
@@ -335,17 +349,13 @@ impl Store {
         .with_commit_properties(props)
         .await?;
         let version = written.version().expect("a committed table has a version");
-        *guard = written;
-        self.note(name, &guard);
+        self.install(name, &mut guard, written);
         Ok(version)
     }
 
     /// Reloads the latest version of a table (another process may have committed).
     pub async fn refresh(&self, name: &str) -> Result<DeltaTable> {
-        let slot = self.slot(name)?;
-        let mut guard = slot.lock().await;
-        guard.update_state().await?;
-        self.note(name, &guard);
+        let guard = self.latest(name).await?;
         Ok(guard.clone())
     }
 
@@ -452,10 +462,7 @@ impl Store {
         predicate: &str,
         txns: Vec<(String, i64)>,
     ) -> Result<u64> {
-        let slot = self.slot(name)?;
-        let mut guard = slot.lock().await;
-        guard.update_state().await?;
-        self.note(name, &guard);
+        let mut guard = self.latest(name).await?;
         let props = commit_properties(txns, Vec::new());
         let (table, _metrics) = guard
             .clone()
@@ -465,18 +472,14 @@ impl Store {
             .with_commit_properties(props)
             .await?;
         let version = table.version().unwrap_or_default();
-        *guard = table;
-        self.note(name, &guard);
+        self.install(name, &mut guard, table);
         Ok(version)
     }
 
     /// Replaces every row of `name` by `append`'s rows in one commit (with its transactions
     /// and metadata); readers of older versions are unaffected.
     pub async fn overwrite(&self, name: &str, append: Append) -> Result<u64> {
-        let slot = self.slot(name)?;
-        let mut guard = slot.lock().await;
-        guard.update_state().await?;
-        self.note(name, &guard);
+        let mut guard = self.latest(name).await?;
         let schema = guard.snapshot()?.snapshot().arrow_schema();
         let mut batches: Vec<RecordBatch> = append
             .batches
@@ -496,8 +499,7 @@ impl Store {
             .with_commit_properties(props)
             .await?;
         let version = written.version().expect("a committed table has a version");
-        *guard = written;
-        self.note(name, &guard);
+        self.install(name, &mut guard, written);
         Ok(version)
     }
 
@@ -511,10 +513,7 @@ impl Store {
         session: Arc<dyn datafusion::catalog::Session>,
         txns: Vec<(String, i64)>,
     ) -> Result<u64> {
-        let slot = self.slot(name)?;
-        let mut guard = slot.lock().await;
-        guard.update_state().await?;
-        self.note(name, &guard);
+        let mut guard = self.latest(name).await?;
         let props = commit_properties(txns, Vec::new());
         let written = guard
             .clone()
@@ -526,8 +525,7 @@ impl Store {
             .with_commit_properties(props)
             .await?;
         let version = written.version().expect("a committed table has a version");
-        *guard = written;
-        self.note(name, &guard);
+        self.install(name, &mut guard, written);
         Ok(version)
     }
 
@@ -664,10 +662,7 @@ impl Store {
     /// OPTIMIZE, bin-packing). Rows, and so every query answer, are unchanged; concurrent
     /// appends from a running server do not conflict with it.
     pub async fn compact(&self, name: &str, target_bytes: u64) -> Result<CompactStats> {
-        let slot = self.slot(name)?;
-        let mut guard = slot.lock().await;
-        guard.update_state().await?;
-        self.note(name, &guard);
+        let mut guard = self.latest(name).await?;
         let target = std::num::NonZeroU64::new(target_bytes.max(1)).expect("at least 1");
         let (table, metrics) = guard
             .clone()
@@ -677,8 +672,7 @@ impl Store {
             .with_writer_properties(self.writer.clone())
             .await?;
         let version = table.version().unwrap_or_default();
-        *guard = table;
-        self.note(name, &guard);
+        self.install(name, &mut guard, table);
         Ok(CompactStats {
             files_removed: metrics.num_files_removed,
             files_added: metrics.num_files_added,
@@ -706,10 +700,7 @@ impl Store {
         retention: std::time::Duration,
         force: bool,
     ) -> Result<VacuumStats> {
-        let slot = self.slot(name)?;
-        let mut guard = slot.lock().await;
-        guard.update_state().await?;
-        self.note(name, &guard);
+        let mut guard = self.latest(name).await?;
         let retention = chrono::Duration::from_std(retention)
             .map_err(|e| StoreError::Url(name.into(), format!("retention: {e}")))?;
         let (table, metrics) = guard
@@ -719,8 +710,7 @@ impl Store {
             .with_retention_period(retention)
             .with_enforce_retention_duration(!force)
             .await?;
-        *guard = table;
-        self.note(name, &guard);
+        self.install(name, &mut guard, table);
         Ok(VacuumStats {
             files_deleted: metrics.files_deleted.len() as u64,
         })

@@ -162,6 +162,20 @@ pub struct Snapshot {
     pub derived: DerivedState,
 }
 
+impl Snapshot {
+    /// The same tables and views in a session of its own: functions a query registers in it
+    /// (the SQL guard's capped wrappers) stay out of this one.
+    fn fork(&self) -> Snapshot {
+        Snapshot {
+            ctx: SessionContext::new_with_state(self.ctx.state()),
+            zone: self.zone,
+            known_at: self.known_at,
+            versions: self.versions.clone(),
+            derived: self.derived.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
@@ -354,20 +368,10 @@ impl Warehouse {
                     .all(|(name, v)| self.store.known_version(name) == *v)
         });
         let c = kept.iter().find(|c| &c.key == key)?;
-        let s = &c.snapshot;
-        Some(Snapshot {
-            ctx: SessionContext::new_with_state(s.ctx.state()),
-            zone: s.zone,
-            known_at: s.known_at,
-            versions: s.versions.clone(),
-            derived: s.derived.clone(),
-        })
+        Some(c.snapshot.fork())
     }
 
     fn keep(&self, key: SnapshotKey, read: Vec<(&'static str, Option<u64>)>, s: &Snapshot) {
-        if self.reuse_for.is_none() {
-            return;
-        }
         let mut kept = self.snapshots.lock().expect("lock");
         kept.retain(|c| c.key != key);
         if kept.len() >= SNAPSHOTS_KEPT {
@@ -377,13 +381,7 @@ impl Warehouse {
             key,
             built: std::time::Instant::now(),
             read,
-            snapshot: Snapshot {
-                ctx: SessionContext::new_with_state(s.ctx.state()),
-                zone: s.zone,
-                known_at: s.known_at,
-                versions: s.versions.clone(),
-                derived: s.derived.clone(),
-            },
+            snapshot: s.fork(),
         });
     }
 
@@ -489,12 +487,17 @@ impl Warehouse {
         }
         // What this process knows of every table before the build: if a table moves during
         // the build, the snapshot is not kept under the older version.
-        let read: Vec<(&'static str, Option<u64>)> = snapshot_tables()
-            .into_iter()
-            .map(|name| (name, self.store.known_version(name)))
-            .collect();
+        // (Only when snapshots are kept.)
+        let read: Option<Vec<(&'static str, Option<u64>)>> = self.reuse_for.map(|_| {
+            snapshot_tables()
+                .into_iter()
+                .map(|name| (name, self.store.known_version(name)))
+                .collect()
+        });
         let snapshot = self.build_snapshot(known_at, access).await?;
-        self.keep(key, read, &snapshot);
+        if let Some(read) = read {
+            self.keep(key, read, &snapshot);
+        }
         Ok(snapshot)
     }
 
