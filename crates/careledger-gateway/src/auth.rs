@@ -334,6 +334,18 @@ impl TokenRegistry {
                 "Authorization: Bearer carries no token; send Authorization: Bearer <token>",
             ));
         }
+        self.authenticate_token(token)
+    }
+
+    /// Resolves a token given by itself (the password of a PostgreSQL or Flight SQL
+    /// connection).
+    pub fn authenticate_token(&self, token: &str) -> Result<Principal, Problem> {
+        let unauthorized = |detail: &str| {
+            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail.to_string())
+        };
+        if token.is_empty() {
+            return Err(unauthorized("no token was given"));
+        }
         let digest = hash(token);
         self.refresh();
         let state = self.state.read().expect("lock");

@@ -6,11 +6,14 @@ pub mod auth;
 pub mod commit;
 pub mod derive_task;
 pub mod disclosure;
+pub mod engine;
+pub mod flight;
 pub mod ingest;
 mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod output;
+pub mod pg;
 pub mod problem;
 pub mod query;
 pub mod receipt;
@@ -141,7 +144,7 @@ impl AppState {
         let deriver = derive_task::DeriverTask::start(
             warehouse.deriver().clone(),
             metrics.clone(),
-            query::query_runtime().handle(),
+            engine::query_runtime().handle(),
             config.derive,
         );
         let query = config.query.clone();
@@ -237,7 +240,7 @@ pub fn ingest_router(state: Arc<AppState>) -> Router {
 /// The query routes (SQL, reports, tables).
 pub fn query_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/sql", post(query::sql))
+        .route("/v1/sql", post(query::sql).get(query::sql_get))
         .route("/v1/reports", get(query::list_reports))
         .route("/v1/reports/{name}", get(query::run_report))
         .route("/v1/tables", get(query::tables))
@@ -333,4 +336,52 @@ async fn request_deadline(
             resp
         }
     }
+}
+
+/// CORS for dashboards served from other origins (`serve --cors-origin`): `*` or a
+/// comma-separated list of origins. Browsers may then send GET and POST with an
+/// `Authorization` header, and read the freshness headers; the token still decides what
+/// each request sees.
+pub fn cors(origins: &str) -> Result<tower_http::cors::CorsLayer, String> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.trim() == "*" {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                if !(o.starts_with("http://") || o.starts_with("https://")) {
+                    return Err(format!(
+                        "--cors-origin {o:?} is not an origin (scheme://host[:port]) or *"
+                    ));
+                }
+                HeaderValue::from_str(o.trim_end_matches('/'))
+                    .map_err(|e| format!("--cors-origin {o:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if list.is_empty() {
+            return Err("--cors-origin names no origin".into());
+        }
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::RETRY_AFTER,
+            HeaderName::from_static("careledger-reflects-ingested-at"),
+            HeaderName::from_static("careledger-derived-cycle"),
+        ])
+        .max_age(Duration::from_secs(600)))
 }

@@ -42,6 +42,12 @@ pub const ROUTES: &[(&str, &str, &str, bool)] = &[
     ),
     (
         "get",
+        "/v1/sql",
+        "The same as POST, the statement in q= (no parameters): for tools that can only GET.",
+        true,
+    ),
+    (
+        "get",
         "/v1/reports",
         "List the named reports with their typed parameters.",
         true,
@@ -446,6 +452,25 @@ pub fn document() -> Value {
                     "The receipt, after the rows are committed (or validated, dry_run).",
                     "Receipt",
                 )
+            }
+            "/v1/sql" if *method == "get" => {
+                parameters.push(query_param(
+                    "q",
+                    "One read-only statement (URL-encoded).",
+                    json!({"type": "string", "example": "SELECT count(*) AS women FROM status_episodes"}),
+                ));
+                parameters.push(query_param(
+                    "known_at",
+                    "Answer as the ledger was known at this instant (RFC 3339, or a date).",
+                    json!({"type": "string"}),
+                ));
+                parameters.push(query_param(
+                    "wait_for",
+                    "A receipt's batch id, or latest: wait until the answer reflects it.",
+                    json!({"type": "string"}),
+                ));
+                parameters.push(format_param());
+                answer_ok("The query's answer.")
             }
             "/v1/sql" => {
                 op["requestBody"] = json!({"required": true, "content": content("application/json", json!({"$ref": "#/components/schemas/SqlRequest"}))});

@@ -345,7 +345,7 @@ fn starred(batch: &RecordBatch, s: &Suppression) -> Result<RecordBatch, Problem>
 }
 
 /// The plain output type of a column (see [`plain`]).
-fn plain_type(dt: &DataType) -> DataType {
+pub(crate) fn plain_type(dt: &DataType) -> DataType {
     match dt {
         DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..) => DataType::Utf8,
         other => other.clone(),

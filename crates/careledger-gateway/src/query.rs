@@ -4,7 +4,6 @@
 //! query can name is already filtered to it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,10 +14,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use careledger_warehouse::{Access, WarehouseError, catalog, reports};
+use careledger_warehouse::{catalog, reports};
 use datafusion::common::ScalarValue;
-use datafusion::error::DataFusionError;
-use datafusion::prelude::SQLOptions;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -26,6 +23,10 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::audit::AuditEntry;
 use crate::auth::{Principal, Role};
+use crate::engine::{
+    self, Door, Ran, Want, access_of, datafusion_problem, forbid, known_at_of, query_problem,
+    query_runtime, timeout_problem,
+};
 use crate::disclosure::check_reference_periods;
 use crate::output::{Format, concat, encode};
 use crate::problem::Problem;
@@ -101,99 +102,6 @@ impl ResultCache {
             }
         }
     }
-}
-
-fn access_of(p: &Principal) -> Access {
-    Access {
-        scope: p.scope.clone(),
-        // Rejected rows cannot be attributed to a region: never for a scoped token, even an
-        // admin's (the warehouse enforces this too).
-        rejects: p.role == Role::Admin && p.scope.is_none(),
-        publication: p.role == Role::Dashboard,
-    }
-}
-
-fn forbid(p: &Principal, what: &str) -> Problem {
-    Problem::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!(
-            "token {} (role {}) may not {what}",
-            p.name,
-            p.role.as_string()
-        ),
-    )
-}
-
-/// Maps warehouse and engine errors to HTTP: the caller's mistakes are 400, limits 503.
-fn query_problem(e: WarehouseError) -> Problem {
-    match e {
-        WarehouseError::BadParam { name, message } => {
-            Problem::bad_request("bad-parameter", format!("parameter {name}: {message}"))
-        }
-        WarehouseError::OutOfScope { name, message } => {
-            Problem::bad_request("outside-scope", format!("parameter {name}: {message}"))
-        }
-        WarehouseError::UnknownReport(n) => Problem::new(
-            StatusCode::NOT_FOUND,
-            "unknown-report",
-            format!("there is no report named {n:?}; GET /v1/reports lists them"),
-        ),
-        WarehouseError::DataFusion(e) => datafusion_problem(e),
-        other => Problem::internal("the query", &other),
-    }
-}
-
-fn datafusion_problem(e: DataFusionError) -> Problem {
-    match e.find_root() {
-        DataFusionError::External(limit) if limit.is::<crate::sql_guard::QueryLimit>() => {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "query-limit",
-                format!("the query was stopped: {limit}"),
-            )
-        }
-        DataFusionError::ResourcesExhausted(m) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "query-memory-limit",
-            format!(
-                "the query needed more memory than one query may use ({m}); narrow it or aggregate first"
-            ),
-        ),
-        DataFusionError::SQL(parse, _)
-            if matches!(
-                parse.as_ref(),
-                datafusion::sql::sqlparser::parser::ParserError::RecursionLimitExceeded
-            ) =>
-        {
-            Problem::bad_request(
-                "bad-query",
-                format!(
-                    "the query nests expressions or subqueries deeper than the SQL parser's recursion limit ({}); flatten it",
-                    e.find_root()
-                ),
-            )
-        }
-        DataFusionError::SQL(..)
-        | DataFusionError::Plan(..)
-        | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(..) => {
-            Problem::bad_request("bad-query", e.find_root().to_string())
-        }
-        DataFusionError::Execution(m) => Problem::bad_request("query-failed", m.clone()),
-        other => Problem::internal("the query", &other),
-    }
-}
-
-fn timeout_problem(t: Duration) -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "query-timeout",
-        format!(
-            "the query ran longer than {} and was stopped",
-            crate::duration_text(t)
-        ),
-    )
 }
 
 fn json_to_scalar(name: &str, v: &Value) -> Result<ScalarValue, Problem> {
@@ -374,337 +282,6 @@ fn compress_for(headers: &HeaderMap, body: Bytes) -> (Bytes, Option<&'static str
     (body, None)
 }
 
-fn known_at_of(
-    state: &AppState,
-    text: Option<&String>,
-) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
-    text.map(|t| {
-        reports::parse_instant(t, state.warehouse.zone()).ok_or_else(|| {
-            Problem::bad_request(
-                "bad-parameter",
-                format!("known_at {t:?} is not an RFC 3339 instant or a date"),
-            )
-        })
-    })
-    .transpose()
-}
-
-/// Plans `df` and starts it, every operator guarded and made cooperative
-/// ([`crate::sql_guard::guard_plan`]): each batch an operator hands up is counted against the
-/// memory pool and cut to the batch budget, and spends the task's scheduling budget, so a
-/// long-running query yields to the runtime regularly and its timeout fires and aborts it on
-/// time. DataFusion makes only the leaves cooperative; an operator that emits many batches per
-/// input batch (a cross join: a billion rows from one probe batch) otherwise holds a worker
-/// thread for tens of seconds. `collect`: the result is to be held whole (counted until the
-/// stream ends).
-async fn execute(
-    df: datafusion::dataframe::DataFrame,
-    limits: &crate::sql_guard::Limits,
-    collect: bool,
-    cancel: Arc<AtomicBool>,
-) -> Result<datafusion::physical_plan::SendableRecordBatchStream, DataFusionError> {
-    let task = Arc::new(df.task_ctx());
-    let batch_rows = task.session_config().batch_size();
-    let plan = df.create_physical_plan().await?;
-    let plan = crate::sql_guard::guard_plan(plan, limits, batch_rows, collect, cancel)?;
-    datafusion::physical_plan::execute_stream(plan, task)
-}
-
-/// Deepest expression nesting user SQL may have. The parser bounds recursion (50 levels), but
-/// a chain of binary operators (`a OR b OR …`, `1 + 1 + …`) is parsed in a loop into a tree
-/// as deep as the chain is long, and planning it costs time quadratic in that depth.
-pub const MAX_SQL_EXPR_DEPTH: usize = 500;
-/// Most set operations (`UNION`, `INTERSECT`, `EXCEPT`) in one query body: a chain of them is
-/// one deep plan, like an operator chain.
-pub const MAX_SQL_SET_OPERATIONS: usize = 500;
-/// Most table references (tables, subqueries, functions in `FROM` and joins) in one statement.
-pub const MAX_SQL_TABLES: usize = 256;
-
-/// Counts what makes a plan deep or wide, stopping at the first limit passed.
-#[derive(Default)]
-struct Shape {
-    depth: usize,
-    set_operations: usize,
-    tables: usize,
-}
-
-/// Set operations in one query body, counted without recursion (nested queries are counted
-/// when the visitor reaches them).
-fn set_operations(body: &datafusion::sql::sqlparser::ast::SetExpr) -> usize {
-    use datafusion::sql::sqlparser::ast::SetExpr;
-    let (mut n, mut todo) = (0, vec![body]);
-    while let Some(e) = todo.pop() {
-        if let SetExpr::SetOperation { left, right, .. } = e {
-            n += 1;
-            todo.push(left);
-            todo.push(right);
-        }
-    }
-    n
-}
-
-impl datafusion::sql::sqlparser::ast::Visitor for Shape {
-    type Break = String;
-
-    fn pre_visit_expr(
-        &mut self,
-        _: &datafusion::sql::sqlparser::ast::Expr,
-    ) -> std::ops::ControlFlow<String> {
-        self.depth += 1;
-        if self.depth > MAX_SQL_EXPR_DEPTH {
-            return std::ops::ControlFlow::Break(format!(
-                "the query nests expressions more than {MAX_SQL_EXPR_DEPTH} deep (each operator of a chain like a OR b OR … is one level); use IN (…) lists, or split the query"
-            ));
-        }
-        std::ops::ControlFlow::Continue(())
-    }
-
-    fn post_visit_expr(
-        &mut self,
-        _: &datafusion::sql::sqlparser::ast::Expr,
-    ) -> std::ops::ControlFlow<String> {
-        self.depth -= 1;
-        std::ops::ControlFlow::Continue(())
-    }
-
-    fn pre_visit_query(
-        &mut self,
-        q: &datafusion::sql::sqlparser::ast::Query,
-    ) -> std::ops::ControlFlow<String> {
-        self.set_operations += set_operations(&q.body);
-        if self.set_operations > MAX_SQL_SET_OPERATIONS {
-            return std::ops::ControlFlow::Break(format!(
-                "the query has more than {MAX_SQL_SET_OPERATIONS} UNION / INTERSECT / EXCEPT operations; split it"
-            ));
-        }
-        std::ops::ControlFlow::Continue(())
-    }
-
-    fn pre_visit_table_factor(
-        &mut self,
-        _: &datafusion::sql::sqlparser::ast::TableFactor,
-    ) -> std::ops::ControlFlow<String> {
-        self.tables += 1;
-        if self.tables > MAX_SQL_TABLES {
-            return std::ops::ControlFlow::Break(format!(
-                "the query names more than {MAX_SQL_TABLES} tables, subqueries or table functions; split it"
-            ));
-        }
-        std::ops::ControlFlow::Continue(())
-    }
-}
-
-/// Refuses SQL whose shape would make planning deep or slow (see the limits above). SQL the
-/// generic parser cannot read is left to DataFusion, which names the syntax error.
-fn check_shape(sql: &str) -> Result<(), Problem> {
-    use datafusion::sql::sqlparser::ast::Visit;
-    let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
-    let Ok(statements) = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)
-    else {
-        return Ok(());
-    };
-    let mut shape = Shape::default();
-    match statements.visit(&mut shape) {
-        std::ops::ControlFlow::Break(detail) => {
-            Err(Problem::bad_request("query-too-complex", detail))
-        }
-        std::ops::ControlFlow::Continue(()) => Ok(()),
-    }
-}
-
-/// Stack of each thread of the query runtime. User SQL decides how deep the engine recurses:
-/// within the SQL length limit a chain of `1 + 1 + …` or of `UNION ALL`s is thousands of
-/// levels deep, and DataFusion formats and plans such trees recursively (a few KiB of stack
-/// per level, more in debug builds). 2 MiB, tokio's default, overflowed at ~300 levels and
-/// aborted the process. The stacks are reserved, not committed: unused pages cost nothing.
-const QUERY_STACK_BYTES: usize = 256 * 1024 * 1024;
-
-/// The runtime that plans and runs user SQL, apart from the one serving HTTP: deep plans get
-/// large stacks, and a query busy in one long synchronous step (planning, an operator that
-/// does not yield) cannot hold up ingest or stop its own timeout from answering.
-pub(crate) fn query_runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            // More threads than cores: a stopped query's operator can keep a thread busy
-            // until it next yields, and the queries after it should still find threads.
-            .worker_threads(
-                std::thread::available_parallelism()
-                    .map_or(2, |n| n.get())
-                    .max(2)
-                    * 2,
-            )
-            .thread_name("careledger-sql")
-            .thread_stack_size(QUERY_STACK_BYTES)
-            .enable_all()
-            .build()
-            .expect("starting the query runtime")
-    })
-}
-
-/// How a query's result is wanted.
-enum Want {
-    /// Collected whole, at most this many rows (JSON) and at most the memory limit in bytes.
-    Whole(Option<usize>),
-    /// Started, to be streamed batch by batch.
-    Stream,
-}
-
-enum Ran {
-    Whole(SchemaRef, Vec<RecordBatch>),
-    /// The stream, and what the query holds until the stream is dropped.
-    Stream(
-        datafusion::physical_plan::SendableRecordBatchStream,
-        Running,
-    ),
-}
-
-/// What a running SQL query holds until it ends: its slot among the queries running at once,
-/// and the watchdog of its deadline, which cancels the query's operators at the deadline
-/// even while its task is busy in a long step (see `sql_guard::guard_plan`). Dropping this
-/// ends the watchdog.
-struct Running {
-    _slot: tokio::sync::OwnedSemaphorePermit,
-    _done: tokio::sync::oneshot::Sender<()>,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Running {
-    /// Starts the watchdog (on the current runtime, not the query runtime it watches).
-    fn start(slot: tokio::sync::OwnedSemaphorePermit, deadline: tokio::time::Instant) -> Running {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (done, ended) = tokio::sync::oneshot::channel::<()>();
-        let flag = cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => flag.store(true, Ordering::Relaxed),
-                _ = ended => {}
-            }
-        });
-        Running {
-            _slot: slot,
-            _done: done,
-            cancel,
-        }
-    }
-
-    /// Stops the query's operators at their next batch or join filter evaluation.
-    fn cancel(&self) {
-        self.cancel.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Takes one of the slots for SQL queries running at once (None: all taken).
-fn sql_slot(state: &AppState) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    state.sql_slots.clone().try_acquire_owned().ok()
-}
-
-/// The answer when every slot is taken: 503 with Retry-After.
-fn too_many_queries(state: &AppState) -> Response {
-    let mut resp = Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too-many-queries",
-        format!(
-            "{} SQL queries are running, the most the server runs at once; retry after the time in Retry-After",
-            state.query.max_concurrent
-        ),
-    )
-    .into_response();
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
-}
-
-/// Plans and runs `sql` on the query runtime, under the query timeout counted from `started`
-/// (planning included): at the deadline the task is aborted (at its next yield; the guards
-/// keep every step between yields short) and the answer is a 503 problem. The query holds
-/// `slot` until its task ends, even after an abort. What the query builds is bounded by
-/// [`crate::sql_guard`]: capped functions, batches counted against the shared memory pool. A
-/// result held whole is bounded too: past the row cap (JSON) or past the query memory limit
-/// in bytes, collecting stops with a problem instead of growing until the timeout.
-async fn run_sql(
-    state: &AppState,
-    snap: careledger_warehouse::Snapshot,
-    sql: String,
-    params: Vec<(String, ScalarValue)>,
-    want: Want,
-    slot: tokio::sync::OwnedSemaphorePermit,
-    started: Instant,
-) -> Result<Ran, Problem> {
-    use futures::StreamExt;
-    let t = state.query.timeout;
-    let deadline = tokio::time::Instant::from_std(started + t);
-    let byte_cap = state.query.memory_limit;
-    let limits = crate::sql_guard::Limits::for_memory(state.query.memory_limit);
-    let running = Running::start(slot, deadline);
-    let cancel = running.cancel.clone();
-    let mut task = query_runtime().spawn(async move {
-        let running = running;
-        check_shape(&sql)?;
-        let budget =
-            crate::sql_guard::install(&snap.ctx, &limits).map_err(datafusion_problem)?;
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let mut df = snap
-            .ctx
-            .sql_with_options(&sql, options)
-            .await
-            .map_err(datafusion_problem)?;
-        crate::sql_guard::check_logical(df.logical_plan(), &limits, &budget)
-            .map_err(datafusion_problem)?;
-        if !params.is_empty() {
-            df = df.with_param_values(params).map_err(datafusion_problem)?;
-        }
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let collect = matches!(want, Want::Whole(_));
-        let mut stream = execute(df, &limits, collect, running.cancel.clone())
-            .await
-            .map_err(datafusion_problem)?;
-        let Want::Whole(row_cap) = want else {
-            return Ok(Ran::Stream(stream, running));
-        };
-        let (mut rows, mut bytes, mut out) = (0usize, 0usize, Vec::new());
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(datafusion_problem)?;
-            rows += batch.num_rows();
-            bytes += batch.get_array_memory_size();
-            out.push(batch);
-            if let Some(cap) = row_cap.filter(|cap| rows > *cap) {
-                return Err(Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "too-many-rows",
-                    format!(
-                        "the result has more than {cap} rows, the JSON limit; ask for format=csv or arrow (streamed), or add a LIMIT"
-                    ),
-                ));
-            }
-            if bytes > byte_cap {
-                return Err(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "query-memory-limit",
-                    format!(
-                        "the result is larger than one query may hold ({byte_cap} bytes); ask for format=csv or arrow (streamed), aggregate, or add a LIMIT"
-                    ),
-                ));
-            }
-        }
-        Ok(Ran::Whole(schema, out))
-    });
-    match tokio::time::timeout_at(deadline, &mut task).await {
-        // The watchdog cancelled the query at the deadline a moment before this timeout:
-        // whatever its operators failed with, it ran out of time.
-        Ok(Ok(Err(_))) if cancel.load(Ordering::Relaxed) => Err(timeout_problem(t)),
-        Ok(joined) => joined.map_err(|e| Problem::internal("the query task", &e))?,
-        Err(_) => {
-            cancel.store(true, Ordering::Relaxed);
-            task.abort();
-            Err(timeout_problem(t))
-        }
-    }
-}
-
 /// The body of `POST /v1/sql`, read up to `limit` bytes: past it, a 413 problem.
 async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Problem> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
@@ -732,12 +309,7 @@ pub async fn sql(
 ) -> Result<Response, Problem> {
     let started = Instant::now();
     let p = state.tokens.authenticate(&headers)?;
-    if !matches!(p.role, Role::Analyst | Role::Admin) {
-        return Err(forbid(
-            &p,
-            "run SQL (dashboards use GET /v1/reports/{name}; sources only push)",
-        ));
-    }
+    engine::may_run_sql(&p)?;
     // The SQL text plus parameters: room for the longest SQL accepted, and at least 1 MiB.
     let body = read_body(body, (state.query.max_sql_bytes * 2).max(1 << 20)).await?;
     let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
@@ -746,21 +318,47 @@ pub async fn sql(
             format!("body must be JSON {{\"sql\": …, \"params\": {{…}}, \"known_at\": …}}: {e}"),
         )
     })?;
+    answer_sql(state, p, headers, q, req, started).await
+}
+
+/// `GET /v1/sql?q=…`: the same as POST, the statement in the query string (`known_at`,
+/// `wait_for` and `format` beside it; no parameters), for tools that can only GET.
+pub async fn sql_get(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let started = Instant::now();
+    let p = state.tokens.authenticate(&headers)?;
+    engine::may_run_sql(&p)?;
+    let Some(sql) = q.get("q").cloned() else {
+        return Err(Problem::bad_request(
+            "bad-parameter",
+            "GET /v1/sql needs the statement in q= (URL-encoded); POST /v1/sql takes it as JSON",
+        ));
+    };
+    let req = SqlRequest {
+        sql,
+        params: BTreeMap::new(),
+        known_at: q.get("known_at").cloned(),
+        wait_for: None,
+    };
+    answer_sql(state, p, headers, q, req, started).await
+}
+
+/// Runs one `/v1/sql` request through the engine and encodes the answer.
+async fn answer_sql(
+    state: Arc<AppState>,
+    p: Principal,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    req: SqlRequest,
+    started: Instant,
+) -> Result<Response, Problem> {
     let format = Format::choose(
         q.get("format").map(String::as_str),
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     )?;
-    if req.sql.len() > state.query.max_sql_bytes {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "sql-too-long",
-            format!(
-                "the SQL text is {} bytes, more than the limit of {} bytes; write a shorter query (bind values with params instead of splicing them in)",
-                req.sql.len(),
-                state.query.max_sql_bytes
-            ),
-        ));
-    }
     let known_at = known_at_of(&state, req.known_at.as_ref())?;
     wait_if_asked(
         &state,
@@ -769,32 +367,42 @@ pub async fn sql(
             .map(String::as_str),
     )
     .await?;
-    let Some(slot) = sql_slot(&state) else {
-        return Ok(too_many_queries(&state));
+    let values: Vec<(String, ScalarValue)> = req
+        .params
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), json_to_scalar(k, v)?)))
+        .collect::<Result<_, Problem>>()?;
+    // Large results stream (CSV, Arrow): batch by batch, never held whole.
+    let want = match format {
+        Format::Csv | Format::Arrow => Want::Stream,
+        Format::Json => Want::Whole(Some(state.query.json_row_cap)),
+        Format::Parquet => Want::Whole(None),
     };
-    let mut reflects = careledger_warehouse::DerivedState::default();
-    let outcome = async {
-        let snap = state
-            .warehouse
-            .snapshot_as(known_at, &access_of(&p))
-            .await
-            .map_err(query_problem)?;
-        reflects = snap.derived.clone();
-        let values: Vec<(String, ScalarValue)> = req
-            .params
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), json_to_scalar(k, v)?)))
-            .collect::<Result<_, Problem>>()?;
-        // Large results stream (CSV, Arrow): batch by batch, never held whole.
-        let want = match format {
-            Format::Csv | Format::Arrow => Want::Stream,
-            Format::Json => Want::Whole(Some(state.query.json_row_cap)),
-            Format::Parquet => Want::Whole(None),
-        };
-        match run_sql(&state, snap, req.sql.clone(), values, want, slot, started).await? {
-            Ran::Stream(stream, running) => Ok::<_, Problem>(Answer::Stream(stream, running)),
-            Ran::Whole(schema, batches) => {
-                let batch = concat(&schema, &batches)?;
+    let ask = engine::Ask {
+        sql: req.sql,
+        params: (!values.is_empty()).then(|| values.into()),
+        params_text: Some(json!(req.params).to_string()),
+        known_at,
+        want,
+    };
+    let (ran, reflects, audit) = match engine::run(&state, &p, Door::Http, ask, started).await {
+        Ok(ran) => ran,
+        Err(e) if e.slug == "too-many-queries" => {
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(resp);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut resp = match ran {
+        Ran::Stream(stream, running) => {
+            let schema = stream.schema();
+            let batches = engine::pump(state.clone(), stream, running, audit, started);
+            stream_response(format, &schema, batches)?
+        }
+        Ran::Whole(schema, batches) => {
+            let encoded = concat(&schema, &batches).and_then(|batch| {
                 let bytes = encode(
                     format,
                     &batch,
@@ -802,142 +410,55 @@ pub async fn sql(
                     state.query.json_row_cap,
                     Some(&reflects_json(&reflects)),
                 )?;
-                Ok::<_, Problem>(Answer::Whole(batch.num_rows(), bytes))
-            }
+                Ok((batch.num_rows(), bytes))
+            });
+            audit.finish(encoded.as_ref().map(|(rows, _)| *rows));
+            respond(format, encoded?.1, None, &headers)
         }
-    }
-    .await;
-    let params_text = Some(json!(req.params).to_string());
-    match outcome {
-        Ok(Answer::Stream(stream, running)) => {
-            let mut resp = stream_response(
-                state,
-                p,
-                req.sql,
-                params_text,
-                format,
-                stream,
-                running,
-                started,
-            );
-            freshness_headers(&mut resp, &reflects);
-            Ok(resp)
-        }
-        Ok(Answer::Whole(rows, bytes)) => {
-            state.audit(AuditEntry::new(
-                &p,
-                "sql",
-                &req.sql,
-                params_text,
-                &Ok::<_, Problem>((rows, ())),
-                started,
-            ));
-            state.metrics.query(started.elapsed());
-            let mut resp = respond(format, bytes, None, &headers);
-            freshness_headers(&mut resp, &reflects);
-            Ok(resp)
-        }
-        Err(e) => {
-            state.audit(AuditEntry::new(
-                &p,
-                "sql",
-                &req.sql,
-                params_text,
-                &Err::<(usize, ()), _>(Problem::new(e.status, e.slug, "")),
-                started,
-            ));
-            state.metrics.query(started.elapsed());
-            Err(e)
-        }
-    }
+        Ran::Described(..) => return Err(Problem::internal("the query", &"planned only")),
+    };
+    freshness_headers(&mut resp, &reflects);
+    Ok(resp)
 }
 
-/// A planned SQL answer: encoded whole (JSON, Parquet) or to be streamed (CSV, Arrow).
-enum Answer {
-    Whole(usize, Bytes),
-    Stream(
-        datafusion::physical_plan::SendableRecordBatchStream,
-        Running,
-    ),
-}
-
-/// Streams a result as it is computed, under the query timeout (counted from `started`, so
-/// planning included); audits when it ends. An error after the first bytes can only cut the
-/// body short (the status is already sent). The query is cancelled and the stream and the
-/// query's slot dropped as soon as the stream ends, fails or passes the deadline, which stops
-/// the query's operators and the tasks they spawned.
-#[allow(clippy::too_many_arguments)]
+/// Streams a result as the engine hands its batches over. An error after the first bytes
+/// can only cut the body short (the status is already sent).
 fn stream_response(
-    state: Arc<AppState>,
-    p: Principal,
-    sql: String,
-    params: Option<String>,
     format: Format,
-    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
-    running: Running,
-    started: Instant,
-) -> Response {
-    use futures::StreamExt;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let deadline = tokio::time::Instant::from_std(started + state.query.timeout);
-    // Polled on the query runtime: the stream's operators run there, with its stacks.
-    query_runtime().spawn(async move {
-        let mut rows = 0usize;
-        let result: Result<(), Problem> = async {
-            let mut encoder = crate::output::StreamEncoder::new(format, &stream.schema())?;
-            let late = || timeout_problem(state.query.timeout);
-            // The deadline is checked before every batch, not only while waiting for one: a
-            // stream whose batches are always ready would never hit a timeout on `next`.
-            // Sending is bounded by it too, so a client that stops reading cannot hold the
-            // query open.
-            loop {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(late());
+    schema: &SchemaRef,
+    batches: tokio::sync::mpsc::Receiver<Result<RecordBatch, Problem>>,
+) -> Result<Response, Problem> {
+    let encoder = crate::output::StreamEncoder::new(format, schema)?;
+    let body = futures::stream::unfold(
+        (batches, Some(encoder)),
+        |(mut batches, encoder)| async move {
+            let mut encoder = encoder?;
+            let item = match batches.recv().await {
+                Some(Ok(batch)) => encoder.batch(&batch),
+                None => {
+                    let last = encoder.finish();
+                    return Some((last.map_err(cut), (batches, None)));
                 }
-                let next = tokio::time::timeout_at(deadline, stream.next())
-                    .await
-                    .map_err(|_| late())?;
-                let last = next.is_none();
-                let bytes = match next {
-                    None => encoder.finish()?,
-                    Some(Err(_)) if running.cancel.load(Ordering::Relaxed) => return Err(late()),
-                    Some(batch) => {
-                        let batch = batch.map_err(datafusion_problem)?;
-                        rows += batch.num_rows();
-                        encoder.batch(&batch)?
-                    }
-                };
-                match tokio::time::timeout_at(deadline, tx.send(Ok(bytes))).await {
-                    Err(_) => return Err(late()),
-                    Ok(Err(_)) => return Ok(()), // the client went away
-                    Ok(Ok(())) if last => return Ok(()),
-                    Ok(Ok(())) => {}
-                }
+                Some(Err(e)) => Err(e),
+            };
+            match item {
+                Ok(bytes) => Some((Ok(bytes), (batches, Some(encoder)))),
+                // Cut the body with an error (not a clean end a client could take for the
+                // whole result).
+                Err(e) => Some((Err(cut(e)), (batches, None))),
             }
-        }
-        .await;
-        running.cancel();
-        drop(stream);
-        drop(running);
-        if let Err(e) = &result {
-            // Cut the body with an error (not a clean end a client could take for the whole
-            // result); waits for the client to read what is queued, within bounds.
-            let error = Err(std::io::Error::other(e.detail.clone()));
-            let _ = tokio::time::timeout(state.query.timeout, tx.send(error)).await;
-        }
-        let outcome = result.map(|()| (rows, ()));
-        state.audit(AuditEntry::new(&p, "sql", &sql, params, &outcome, started));
-        state.metrics.query(started.elapsed());
-    });
-    let body = axum::body::Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
-    let mut resp = (StatusCode::OK, body).into_response();
+        },
+    );
+    let mut resp = (StatusCode::OK, axum::body::Body::from_stream(body)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
     );
-    resp
+    Ok(resp)
+}
+
+fn cut(e: Problem) -> std::io::Error {
+    std::io::Error::other(e.detail)
 }
 
 /// `GET /v1/reports`: the catalog (dashboards see the publishable reports only).

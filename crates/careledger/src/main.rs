@@ -164,6 +164,27 @@ struct ServeArgs {
     /// source health's lags and frozen periods.
     #[arg(long, env = "CARELEDGER_TIME_ZONE", default_value = careledger_model::LocalZone::DEFAULT)]
     time_zone: String,
+    /// The PostgreSQL wire door, for psql, DBeaver, pandas and Grafana (the password is a
+    /// careledger token), or `off`. Without this flag: 127.0.0.1:5433, and a server that
+    /// finds that port taken starts without the door and says so.
+    #[arg(long, env = "CARELEDGER_PG_LISTEN")]
+    pg_listen: Option<String>,
+    /// TLS certificate of the PostgreSQL door (PEM); with --pg-tls-key. Required when the
+    /// door listens beyond loopback.
+    #[arg(long, env = "CARELEDGER_PG_TLS_CERT", requires = "pg_tls_key")]
+    pg_tls_cert: Option<PathBuf>,
+    /// TLS private key of the PostgreSQL door (PEM).
+    #[arg(long, env = "CARELEDGER_PG_TLS_KEY", requires = "pg_tls_cert")]
+    pg_tls_key: Option<PathBuf>,
+    /// The Arrow Flight SQL door, for ADBC and pyarrow.flight (bearer token, or basic auth
+    /// with the token as password), or `off`. Without this flag: 127.0.0.1:50051, started
+    /// only if that port is free.
+    #[arg(long, env = "CARELEDGER_FLIGHT_LISTEN")]
+    flight_listen: Option<String>,
+    /// Browser origins allowed to call the HTTP API (CORS), comma-separated, or `*`. Off
+    /// unless given.
+    #[arg(long, env = "CARELEDGER_CORS_ORIGIN")]
+    cors_origin: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -313,6 +334,11 @@ struct ServeFile {
     max_queries: Option<usize>,
     read_your_writes: Option<bool>,
     time_zone: Option<String>,
+    pg_listen: Option<String>,
+    pg_tls_cert: Option<PathBuf>,
+    pg_tls_key: Option<PathBuf>,
+    flight_listen: Option<String>,
+    cors_origin: Option<String>,
 }
 
 /// Fills the settings that neither a flag nor an environment variable gave from `--config`.
@@ -395,6 +421,21 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     }
     if let Some(v) = file.time_zone.filter(|_| unset("time_zone")) {
         args.time_zone = v;
+    }
+    if let Some(v) = file.pg_listen.filter(|_| unset("pg_listen")) {
+        args.pg_listen = Some(v);
+    }
+    if let Some(v) = file.pg_tls_cert.filter(|_| unset("pg_tls_cert")) {
+        args.pg_tls_cert = Some(v);
+    }
+    if let Some(v) = file.pg_tls_key.filter(|_| unset("pg_tls_key")) {
+        args.pg_tls_key = Some(v);
+    }
+    if let Some(v) = file.flight_listen.filter(|_| unset("flight_listen")) {
+        args.flight_listen = Some(v);
+    }
+    if let Some(v) = file.cors_origin.filter(|_| unset("cors_origin")) {
+        args.cors_origin = Some(v);
     }
     Ok(())
 }
@@ -558,6 +599,9 @@ pub(crate) struct Running {
     state_dir: PathBuf,
     initial: Option<PathBuf>,
     store_url: String,
+    /// Where the PostgreSQL and Flight SQL doors listen (None: not open).
+    pg_addr: Option<std::net::SocketAddr>,
+    flight_addr: Option<std::net::SocketAddr>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     /// This server derives the store's ledger: no other process may (held until exit; None
@@ -627,8 +671,51 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let pg = open_door(args.pg_listen.as_deref(), "127.0.0.1:5433", "PostgreSQL").await?;
+    let pg_addr = match pg {
+        Some(pg_listener) => {
+            let pg_addr = pg_listener.local_addr()?;
+            let tls = args.pg_tls_cert.clone().zip(args.pg_tls_key.clone());
+            careledger_gateway::pg::check_listen(&careledger_gateway::pg::PgConfig {
+                listen: pg_addr,
+                tls: tls.clone(),
+            })
+            .map_err(anyhow::Error::msg)?;
+            let door = careledger_gateway::pg::serve_pg(state.clone(), pg_listener, tls);
+            tokio::spawn(async move {
+                if let Err(e) = door.await {
+                    tracing::error!(error = %e, "the PostgreSQL door stopped");
+                }
+            });
+            Some(pg_addr)
+        }
+        None => None,
+    };
+    let flight = open_door(args.flight_listen.as_deref(), "127.0.0.1:50051", "Flight SQL").await?;
+    let flight_addr = match flight {
+        Some(flight_listener) => {
+            let flight_addr = flight_listener.local_addr()?;
+            if !flight_addr.ip().is_loopback() {
+                bail!(
+                    "--flight-listen {flight_addr} is reachable from other hosts, and the Flight SQL door has no TLS yet: listen on 127.0.0.1 (put a TLS proxy in front for other hosts)"
+                );
+            }
+            let door = careledger_gateway::flight::serve_flight(state.clone(), flight_listener);
+            tokio::spawn(async move {
+                if let Err(e) = door.await {
+                    tracing::error!(error = %e, "the Flight SQL door stopped");
+                }
+            });
+            Some(flight_addr)
+        }
+        None => None,
+    };
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let app = router(state.clone());
+    let app = match &args.cors_origin {
+        Some(origins) => app.layer(careledger_gateway::cors(origins).map_err(anyhow::Error::msg)?),
+        None => app,
+    };
     let limits = ServeLimits {
         header_read_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
         max_connections: args.max_connections.max(1),
@@ -654,6 +741,8 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
     Ok(Running {
         state,
         addr,
+        pg_addr,
+        flight_addr,
         tokens,
         state_dir,
         initial,
@@ -667,6 +756,12 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
 impl Running {
     fn announce(&self) {
         println!("careledger listening on http://{}", self.addr);
+        if let Some(a) = self.pg_addr {
+            println!("PostgreSQL wire: postgresql://{a} (any user name; the password is a token)");
+        }
+        if let Some(a) = self.flight_addr {
+            println!("Arrow Flight SQL: grpc://{a} (bearer token, or basic auth with the token as password)");
+        }
         println!("store: {}", self.store_url);
         match &self.initial {
             Some(p) => println!("tokens (first start): {}", p.display()),
@@ -687,6 +782,32 @@ impl Running {
         tracing::info!("draining pending commits");
         self.state.drain().await;
         Ok(())
+    }
+}
+
+/// Binds a door's listener: `off` closes it; an address given is bound or the start fails;
+/// without one, `default` is tried and a port already taken leaves the door closed (said in
+/// the log).
+async fn open_door(
+    given: Option<&str>,
+    default: &str,
+    what: &str,
+) -> Result<Option<tokio::net::TcpListener>> {
+    match given.map(str::trim) {
+        Some("off") => Ok(None),
+        Some(addr) => Ok(Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the {what} door on {addr}"))?,
+        )),
+        None => match tokio::net::TcpListener::bind(default).await {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the {what} door is not open: {default} is taken; give another address");
+                eprintln!("careledger: the {what} door is not open ({default}: {e})");
+                Ok(None)
+            }
+        },
     }
 }
 
