@@ -361,7 +361,6 @@ impl Running {
     }
 }
 
-
 /// How a query's result is wanted.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Want {
@@ -687,10 +686,10 @@ async fn run_sql(
     let mut task = query_runtime().spawn(async move {
         let running = running;
         let mut sql = sql;
-        if let Some(mut statements) = check_shape(&sql)? {
-            if let Some(expanded) = reports.expand(&ctx, &mut statements).await? {
-                sql = expanded;
-            }
+        if let Some(mut statements) = check_shape(&sql)?
+            && let Some(expanded) = reports.expand(&ctx, &mut statements).await?
+        {
+            sql = expanded;
         }
         let budget = crate::sql_guard::install(&ctx, &limits).map_err(datafusion_problem)?;
         let options = SQLOptions::new()

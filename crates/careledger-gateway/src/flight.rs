@@ -17,13 +17,13 @@ use std::time::Instant;
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, CommandGetSqlInfo, CommandPreparedStatementQuery,
     CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
     IpcMessage, SchemaAsIpc, Ticket,
@@ -150,8 +150,10 @@ impl FlightDoor {
         &self,
         metadata: &MetadataMap,
         sql: String,
-    ) -> Result<Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>, Status>
-    {
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
         let started = Instant::now();
         let p = self.principal(metadata)?;
         crate::query::wait_if_asked(&self.state, None)
@@ -244,17 +246,33 @@ impl FlightSqlService for FlightDoor {
             .to_string();
         let token = match header.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(rest.trim())
-                    .map_err(|_| Status::unauthenticated("basic auth is not base64"))?;
+                use base64::engine::general_purpose::{
+                    STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+                };
+                let rest = rest.trim();
+                let bytes = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+                    .iter()
+                    .find_map(|e| e.decode(rest).ok())
+                    .ok_or_else(|| {
+                        Status::unauthenticated(format!(
+                            "basic auth is not base64 ({} characters)",
+                            rest.len()
+                        ))
+                    })?;
                 let text = String::from_utf8(bytes)
                     .map_err(|_| Status::unauthenticated("basic auth is not UTF-8"))?;
                 text.split_once(':')
                     .map(|(_, pass)| pass.to_string())
                     .ok_or_else(|| Status::unauthenticated("basic auth needs user:password"))?
             }
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim().to_string(),
-            _ => return Err(Status::unauthenticated("authorization must be Basic or Bearer")),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => {
+                rest.trim().to_string()
+            }
+            _ => {
+                return Err(Status::unauthenticated(
+                    "authorization must be Basic or Bearer",
+                ));
+            }
         };
         let p = self
             .state
@@ -295,8 +313,10 @@ impl FlightSqlService for FlightDoor {
         &self,
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
-    ) -> Result<Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>, Status>
-    {
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
         let sql = handle_sql(&ticket.statement_handle)?;
         self.stream(request.metadata(), sql).await
     }
@@ -341,8 +361,10 @@ impl FlightSqlService for FlightDoor {
         &self,
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
-    ) -> Result<Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>, Status>
-    {
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
         let sql = handle_sql(&query.prepared_statement_handle)?;
         self.stream(request.metadata(), sql).await
     }
@@ -362,8 +384,10 @@ impl FlightSqlService for FlightDoor {
         &self,
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
-    ) -> Result<Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>, Status>
-    {
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
         self.principal(request.metadata())?;
         let builder = query.into_builder(&SQL_INFO);
         let schema = builder.schema();
@@ -379,8 +403,10 @@ impl FlightSqlService for FlightDoor {
         &self,
         _request: Request<Ticket>,
         message: Any,
-    ) -> Result<Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>, Status>
-    {
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
         Err(Status::unimplemented(format!(
             "careledger does not answer {} tickets; send CommandStatementQuery",
             message.type_url

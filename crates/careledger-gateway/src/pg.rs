@@ -28,9 +28,10 @@ use arrow_schema::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider};
 use datafusion::catalog::MemoryCatalogProviderList;
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider};
 use datafusion::common::ParamValues;
+use datafusion::datasource::TableType;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Expr, Set, Statement};
@@ -38,19 +39,18 @@ use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters_with_se
 use datafusion_postgres::arrow_pg::datatypes::{
     arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
 };
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::catalog_info::CatalogInfo;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
     PgCatalogSchemaProvider, PgCatalogStaticTables,
 };
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
-use datafusion::datasource::TableType;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use pgwire::api::auth::{
-    DefaultServerParameterProvider, StartupHandler, finish_authentication,
-    protocol_negotiation, save_startup_parameters_to_metadata,
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
 };
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -124,7 +124,9 @@ async fn pg_catalog_for(
     static STATIC_TABLES: std::sync::OnceLock<Arc<PgCatalogStaticTables>> =
         std::sync::OnceLock::new();
     let Some(public) = ctx.catalog("datafusion").and_then(|c| c.schema("public")) else {
-        return Err(datafusion::error::DataFusionError::Plan("no public schema".into()));
+        return Err(datafusion::error::DataFusionError::Plan(
+            "no public schema".into(),
+        ));
     };
     let mut names = public.table_names();
     names.sort();
@@ -189,11 +191,15 @@ impl CatalogInfo for SortedCatalog {
         catalog: &str,
         schema: &str,
     ) -> datafusion::error::Result<Option<Vec<String>>> {
-        Ok(self.0.catalog(catalog).and_then(|c| c.schema(schema)).map(|s| {
-            let mut names = s.table_names();
-            names.sort();
-            names
-        }))
+        Ok(self
+            .0
+            .catalog(catalog)
+            .and_then(|c| c.schema(schema))
+            .map(|s| {
+                let mut names = s.table_names();
+                names.sort();
+                names
+            }))
     }
 
     async fn table_schema(
@@ -212,7 +218,13 @@ impl CatalogInfo for SortedCatalog {
         table: &str,
     ) -> datafusion::error::Result<Option<TableType>> {
         let t = CatalogInfo::table_type(&self.0, catalog, schema, table).await?;
-        Ok(t.map(|t| if schema == "public" { TableType::Base } else { t }))
+        Ok(t.map(|t| {
+            if schema == "public" {
+                TableType::Base
+            } else {
+                t
+            }
+        }))
     }
 }
 
@@ -351,7 +363,11 @@ fn fatal(code: &str, message: String) -> PgWireError {
 
 #[async_trait]
 impl StartupHandler for SignIn {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: std::fmt::Debug,
@@ -531,9 +547,11 @@ impl QueryParser for PgParser {
     ) -> PgWireResult<Vec<FieldInfo>> {
         match stmt {
             PgStatement::Local(s) => Ok(local_fields(s)),
-            PgStatement::Query { schema, .. } => {
-                arrow_schema_to_pg_fields(&plain_schema(schema), format.unwrap_or(&Format::UnifiedText), None)
-            }
+            PgStatement::Query { schema, .. } => arrow_schema_to_pg_fields(
+                &plain_schema(schema),
+                format.unwrap_or(&Format::UnifiedText),
+                None,
+            ),
         }
     }
 }
@@ -566,10 +584,15 @@ impl Queries {
             known_at: *session.known_at.lock().expect("lock"),
             want: Want::Stream,
         };
-        let (ran, _, audit) =
-            engine::run(&self.state, &session.principal, Door::Postgres, ask, started)
-                .await
-                .map_err(pg_error)?;
+        let (ran, _, audit) = engine::run(
+            &self.state,
+            &session.principal,
+            Door::Postgres,
+            ask,
+            started,
+        )
+        .await
+        .map_err(pg_error)?;
         let Ran::Stream(stream, running) = ran else {
             return Err(pg_error(Problem::internal("the query", &"not streamed")));
         };
@@ -606,7 +629,11 @@ fn plain_schema(schema: &SchemaRef) -> Schema {
         schema
             .fields()
             .iter()
-            .map(|f| f.as_ref().clone().with_data_type(crate::output::plain_type(f.data_type())))
+            .map(|f| {
+                f.as_ref()
+                    .clone()
+                    .with_data_type(crate::output::plain_type(f.data_type()))
+            })
             .collect::<Vec<_>>(),
     )
 }
@@ -664,7 +691,9 @@ impl ExtendedQueryHandler for Queries {
         match &portal.statement.statement {
             PgStatement::Local(s) => local(&session, self.state.warehouse.zone(), s),
             PgStatement::Query { sql, params, .. } => {
-                let server: Vec<Type> = self.parser.get_parameter_types(&portal.statement.statement)?;
+                let server: Vec<Type> = self
+                    .parser
+                    .get_parameter_types(&portal.statement.statement)?;
                 let server: Vec<Option<&Type>> = server.iter().map(Some).collect();
                 let inferred: Vec<Option<&DataType>> = params.iter().map(Option::as_ref).collect();
                 let values = if params.is_empty() && portal.parameters.is_empty() {
@@ -713,15 +742,16 @@ fn local(
                 let known_at = match value.as_deref() {
                     None | Some("default") | Some("DEFAULT") | Some("") => None,
                     Some(text) => Some(
-                        careledger_warehouse::reports::parse_instant(text, zone)
-                            .ok_or_else(|| {
+                        careledger_warehouse::reports::parse_instant(text, zone).ok_or_else(
+                            || {
                                 user_error(
                                     "22023",
                                     format!(
                                         "{KNOWN_AT} {text:?} is not an RFC 3339 instant or a date"
                                     ),
                                 )
-                            })?,
+                            },
+                        )?,
                     ),
                 };
                 *session.known_at.lock().expect("lock") = known_at;

@@ -23,11 +23,11 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::audit::AuditEntry;
 use crate::auth::{Principal, Role};
+use crate::disclosure::check_reference_periods;
 use crate::engine::{
     self, Door, Ran, Want, access_of, datafusion_problem, forbid, known_at_of, query_problem,
     query_runtime, timeout_problem,
 };
-use crate::disclosure::check_reference_periods;
 use crate::output::{Format, concat, encode};
 use crate::problem::Problem;
 

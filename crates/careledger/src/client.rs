@@ -126,7 +126,7 @@ impl Backend {
             );
         };
         Ok(Backend::Remote {
-            client: reqwest::Client::new(),
+            client: http_client()?,
             server: target.server.trim_end_matches('/').to_string(),
             token,
         })
@@ -315,4 +315,14 @@ pub(crate) fn parse_params(params: &[String]) -> Result<Vec<(String, String)>> {
                 .with_context(|| format!("--param {p}: write it as name=value"))
         })
         .collect()
+}
+
+/// The HTTP client of `sql`, `report` and the shell. An idle connection is dropped after a
+/// few seconds, before the server closes it (it closes a connection that sends no request
+/// within its header timeout, 10 s by default): reusing one the server had closed failed the
+/// next statement of an idle shell with "connection closed before message completed".
+pub(crate) fn http_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(4))
+        .build()?)
 }

@@ -691,7 +691,12 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         }
         None => None,
     };
-    let flight = open_door(args.flight_listen.as_deref(), "127.0.0.1:50051", "Flight SQL").await?;
+    let flight = open_door(
+        args.flight_listen.as_deref(),
+        "127.0.0.1:50051",
+        "Flight SQL",
+    )
+    .await?;
     let flight_addr = match flight {
         Some(flight_listener) => {
             let flight_addr = flight_listener.local_addr()?;
@@ -760,7 +765,9 @@ impl Running {
             println!("PostgreSQL wire: postgresql://{a} (any user name; the password is a token)");
         }
         if let Some(a) = self.flight_addr {
-            println!("Arrow Flight SQL: grpc://{a} (bearer token, or basic auth with the token as password)");
+            println!(
+                "Arrow Flight SQL: grpc://{a} (bearer token, or basic auth with the token as password)"
+            );
         }
         println!("store: {}", self.store_url);
         match &self.initial {

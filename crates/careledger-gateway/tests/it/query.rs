@@ -727,3 +727,118 @@ async fn answers_are_compressed_when_the_client_accepts_it() {
     let (_, headers, _) = call(&h, ask(Some("gzip;q=0"))).await;
     assert!(headers.get("content-encoding").is_none());
 }
+
+/// `GET /v1/sql?q=` answers as POST does, under the same role and scope; a named report is a
+/// table function in SQL, narrowed to the caller's scope like `GET /v1/reports/{name}`.
+#[tokio::test]
+async fn get_sql_and_reports_as_table_functions_answer_as_post_does() {
+    let (h, t) = seeded(GatewayConfig::default()).await;
+    let q = "SELECT count(DISTINCT person_key) AS women FROM status_episodes";
+    let (s, _, posted) = sql(&h, &t["county-analyst"], q, "json").await;
+    assert_eq!(s, StatusCode::OK);
+    let path = format!("/v1/sql?format=json&q={}", url_encode(q));
+    let (s, _, got) = get(&h, &t["county-analyst"], &path, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{}", json_of(&got));
+    assert_eq!(json_of(&got)["rows"], json_of(&posted)["rows"]);
+    assert_eq!(
+        json_of(&got)["rows"][0][0],
+        8,
+        "the county token sees its 8 women"
+    );
+    let (s, _, _) = get(&h, &t["dash"], &path, &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "dashboards do not run SQL");
+    let (s, hd, b) = get(&h, &t["admin"], "/v1/sql", &[]).await;
+    assert_problem(&hd, &json_of(&b), StatusCode::BAD_REQUEST, s);
+    assert!(json_of(&b)["detail"].as_str().unwrap().contains("q="));
+
+    // stock as a table function = GET /v1/reports/stock, for a scoped token too.
+    for who in ["admin", "county-analyst"] {
+        let (s, _, report) = get(
+            &h,
+            &t[who],
+            "/v1/reports/stock?as_of=2024-06-30&level=county&format=json",
+            &[],
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{}", json_of(&report));
+        let (s, _, called) = sql(
+            &h,
+            &t[who],
+            "SELECT * FROM stock(as_of => '2024-06-30', level => 'county')",
+            "json",
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{}", json_of(&called));
+        assert_eq!(json_of(&called)["rows"], json_of(&report)["rows"], "{who}");
+    }
+    // Positional parameters, a join with a table, and a bad parameter named.
+    let (s, _, joined) = sql(
+        &h,
+        &t["admin"],
+        "SELECT s.region_code, s.women, r.name FROM stock('2024-06-30', 'county') s \
+         JOIN regions r ON r.code = s.region_code ORDER BY 1",
+        "json",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", json_of(&joined));
+    assert_eq!(json_of(&joined)["rows"].as_array().unwrap().len(), 2);
+    let (s, hd, b) = sql(
+        &h,
+        &t["county-analyst"],
+        "SELECT * FROM stock(as_of => '2024-06-30', level => 'province')",
+        "json",
+    )
+    .await;
+    assert_problem(&hd, &json_of(&b), StatusCode::BAD_REQUEST, s);
+    assert!(
+        json_of(&b)["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("outside-scope")
+    );
+}
+
+/// CORS is off unless configured; with an origin, a browser's preflight is answered.
+#[tokio::test]
+async fn cors_answers_preflights_only_when_configured() {
+    let (h, _) = seeded(GatewayConfig::default()).await;
+    let preflight = || {
+        Request::options("/v1/sql")
+            .header("origin", "https://dash.example.gx.cn")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let resp = h.app.clone().oneshot(preflight()).await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    let layer = careledger_gateway::cors("https://dash.example.gx.cn").unwrap();
+    let app = h.app.clone().layer(layer);
+    let resp = app.clone().oneshot(preflight()).await.unwrap();
+    assert_eq!(
+        resp.headers().get("access-control-allow-origin").unwrap(),
+        "https://dash.example.gx.cn"
+    );
+    let other = Request::options("/v1/sql")
+        .header("origin", "https://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.oneshot(other).await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    assert!(careledger_gateway::cors("dash.example").is_err());
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -210,6 +210,13 @@ impl Server {
         let mut command = careledger();
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
+            // The PostgreSQL and Flight SQL doors on ports of their own (tests run at once).
+            .args([
+                "--pg-listen",
+                "127.0.0.1:0",
+                "--flight-listen",
+                "127.0.0.1:0",
+            ])
             .args(extra);
         Server::spawn(dir, command)
     }

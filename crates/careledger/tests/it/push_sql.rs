@@ -380,6 +380,46 @@ fn the_shell_runs_statements_and_commands_and_keeps_history() {
     server.stop();
 }
 
+/// A shell left idle past the server's header timeout (10 s) runs its next statement: the
+/// connection the server closed meanwhile is not reused.
+#[test]
+fn an_idle_shell_runs_its_next_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let admin = server.token("admin");
+    let mut child = careledger()
+        .args([
+            "sql",
+            "--server",
+            server.url.as_str(),
+            "--token",
+            admin.as_str(),
+        ])
+        .env("CARELEDGER_HISTORY", dir.path().join("history"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"SELECT 1 AS first_answer;\n").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    stdin
+        .write_all(b"SELECT 2 AS second_answer;\n\\q\n")
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("first_answer"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("second_answer") && !stderr.contains("error"),
+        "the statement after 12 s idle: {stdout}\n{stderr}"
+    );
+    server.stop();
+}
+
 /// `simulate` writes the departments' rows per source and table; `push` sends one of them with
 /// that source's token, and the valid rows land.
 #[test]
