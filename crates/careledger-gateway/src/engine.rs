@@ -524,7 +524,7 @@ impl ReportCalls {
         &self,
         ctx: &SessionContext,
         statements: &mut Vec<Statement>,
-    ) -> Result<Option<String>, Problem> {
+    ) -> Result<Option<(String, SessionContext)>, Problem> {
         use datafusion::sql::sqlparser::ast::{
             FunctionArg, FunctionArgExpr, Ident, ObjectName, ObjectNamePart, TableAlias,
             TableFactor, VisitMut,
@@ -585,8 +585,11 @@ impl ReportCalls {
                     }
                 }
             }
-            let table = format!("__report_{}", calls.len());
-            *name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(table))]);
+            let table = format!("report_{}", calls.len());
+            *name = ObjectName(vec![
+                ObjectNamePart::Identifier(Ident::new(REPORTS_SCHEMA)),
+                ObjectNamePart::Identifier(Ident::new(table)),
+            ]);
             *args = None;
             if alias.is_none() {
                 *alias = Some(TableAlias {
@@ -604,6 +607,9 @@ impl ReportCalls {
         if calls.is_empty() {
             return Ok(None);
         }
+        // The answers go into a schema of this query's own session: the snapshot's catalog
+        // is shared by every query that reuses it.
+        let (ctx, answers) = own_reports_schema(ctx).map_err(datafusion_problem)?;
         for (i, (report, mut given)) in calls.into_iter().enumerate() {
             if let Some(t) = self.known_at {
                 given
@@ -618,12 +624,57 @@ impl ReportCalls {
                 .map_err(query_problem)?;
             let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
                 .map_err(datafusion_problem)?;
-            ctx.register_table(format!("__report_{i}"), Arc::new(table))
-                .map_err(datafusion_problem)?;
+            datafusion::catalog::SchemaProvider::register_table(
+                answers.as_ref(),
+                format!("report_{i}"),
+                Arc::new(table),
+            )
+            .map_err(datafusion_problem)?;
         }
         let text: Vec<String> = statements.iter().map(|s| s.to_string()).collect();
-        Ok(Some(text.join("; ")))
+        Ok(Some((text.join("; "), ctx)))
     }
+}
+
+/// The schema that holds a query's report answers.
+const REPORTS_SCHEMA: &str = "careledger_report_calls";
+
+/// A session over the same tables whose catalog is its own, with an empty schema for the
+/// query's report answers (registering them in the snapshot's catalog would show them to
+/// every query that reuses the snapshot).
+fn own_reports_schema(
+    ctx: &SessionContext,
+) -> datafusion::error::Result<(
+    SessionContext,
+    Arc<datafusion::catalog::MemorySchemaProvider>,
+)> {
+    use datafusion::catalog::{
+        CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+        MemorySchemaProvider,
+    };
+    let state = ctx.state();
+    let list = Arc::new(MemoryCatalogProviderList::new());
+    let default = state.config().options().catalog.default_catalog.clone();
+    let schema = Arc::new(MemorySchemaProvider::new());
+    for name in CatalogProviderList::catalog_names(state.catalog_list().as_ref()) {
+        let Some(old) = state.catalog_list().catalog(&name) else {
+            continue;
+        };
+        let catalog = MemoryCatalogProvider::new();
+        for s in old.schema_names() {
+            if let Some(p) = old.schema(&s) {
+                catalog.register_schema(&s, p)?;
+            }
+        }
+        if name == default {
+            catalog.register_schema(REPORTS_SCHEMA, schema.clone())?;
+        }
+        list.register_catalog(name, Arc::new(catalog));
+    }
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+        .with_catalog_list(list)
+        .build();
+    Ok((SessionContext::new_with_state(state), schema))
 }
 
 /// A literal's text: strings as written, numbers and booleans as printed.
@@ -685,11 +736,11 @@ async fn run_sql(
     } = ask;
     let mut task = query_runtime().spawn(async move {
         let running = running;
-        let mut sql = sql;
+        let (mut sql, mut ctx) = (sql, ctx);
         if let Some(mut statements) = check_shape(&sql)?
-            && let Some(expanded) = reports.expand(&ctx, &mut statements).await?
+            && let Some((expanded, own)) = reports.expand(&ctx, &mut statements).await?
         {
-            sql = expanded;
+            (sql, ctx) = (expanded, own);
         }
         let budget = crate::sql_guard::install(&ctx, &limits).map_err(datafusion_problem)?;
         let options = SQLOptions::new()
