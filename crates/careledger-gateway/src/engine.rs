@@ -609,7 +609,20 @@ impl ReportCalls {
         }
         // The answers go into a schema of this query's own session: the snapshot's catalog
         // is shared by every query that reuses it.
-        let (ctx, answers) = own_reports_schema(ctx).map_err(datafusion_problem)?;
+        let ctx = own_catalogs(ctx).map_err(datafusion_problem)?;
+        let answers = Arc::new(datafusion::catalog::MemorySchemaProvider::new());
+        let default = ctx
+            .state()
+            .config()
+            .options()
+            .catalog
+            .default_catalog
+            .clone();
+        if let Some(catalog) = ctx.catalog(&default) {
+            catalog
+                .register_schema(REPORTS_SCHEMA, answers.clone())
+                .map_err(datafusion_problem)?;
+        }
         for (i, (report, mut given)) in calls.into_iter().enumerate() {
             if let Some(t) = self.known_at {
                 given
@@ -639,23 +652,15 @@ impl ReportCalls {
 /// The schema that holds a query's report answers.
 const REPORTS_SCHEMA: &str = "careledger_report_calls";
 
-/// A session over the same tables whose catalog is its own, with an empty schema for the
-/// query's report answers (registering them in the snapshot's catalog would show them to
-/// every query that reuses the snapshot).
-fn own_reports_schema(
-    ctx: &SessionContext,
-) -> datafusion::error::Result<(
-    SessionContext,
-    Arc<datafusion::catalog::MemorySchemaProvider>,
-)> {
+/// A session over the same tables whose catalogs are its own: a schema registered in it (a
+/// query's report answers, the PostgreSQL door's `pg_catalog`) stays out of the snapshot's
+/// catalogs, which every query that reuses the snapshot shares.
+pub(crate) fn own_catalogs(ctx: &SessionContext) -> datafusion::error::Result<SessionContext> {
     use datafusion::catalog::{
         CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
-        MemorySchemaProvider,
     };
     let state = ctx.state();
     let list = Arc::new(MemoryCatalogProviderList::new());
-    let default = state.config().options().catalog.default_catalog.clone();
-    let schema = Arc::new(MemorySchemaProvider::new());
     for name in CatalogProviderList::catalog_names(state.catalog_list().as_ref()) {
         let Some(old) = state.catalog_list().catalog(&name) else {
             continue;
@@ -666,15 +671,12 @@ fn own_reports_schema(
                 catalog.register_schema(&s, p)?;
             }
         }
-        if name == default {
-            catalog.register_schema(REPORTS_SCHEMA, schema.clone())?;
-        }
         list.register_catalog(name, Arc::new(catalog));
     }
     let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
         .with_catalog_list(list)
         .build();
-    Ok((SessionContext::new_with_state(state), schema))
+    Ok(SessionContext::new_with_state(state))
 }
 
 /// A literal's text: strings as written, numbers and booleans as printed.
@@ -835,14 +837,14 @@ fn positional_types(types: &HashMap<String, Option<DataType>>) -> Vec<Option<Dat
 /// query runtime (where the operators run, with its stacks) and handed over a small
 /// channel; a door that stops reading (its client went away) ends the query. The query is
 /// cancelled and its slot given back as soon as the stream ends, fails or passes the
-/// deadline. An error after the first batch arrives as the channel's last item.
+/// deadline. An error after the first batch arrives as the last item.
 pub(crate) fn pump(
     state: Arc<AppState>,
     mut stream: datafusion::physical_plan::SendableRecordBatchStream,
     running: Running,
     audit: Audit,
     started: Instant,
-) -> tokio::sync::mpsc::Receiver<Result<RecordBatch, Problem>> {
+) -> Batches {
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, Problem>>(2);
     let deadline = tokio::time::Instant::from_std(started + state.query.timeout);
@@ -886,5 +888,11 @@ pub(crate) fn pump(
         }
         audit.finish(result.as_ref().map(|()| rows));
     });
-    rx
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
 }
+
+/// A streamed answer's batches, as [`pump`] hands them to a door.
+pub(crate) type Batches =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RecordBatch, Problem>> + Send>>;

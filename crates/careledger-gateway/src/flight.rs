@@ -140,7 +140,7 @@ impl FlightDoor {
             .await
             .map_err(status)?;
         match ran {
-            Ran::Described(schema, _) => Ok(Arc::new(plain_schema(&schema))),
+            Ran::Described(schema, _) => Ok(Arc::new(crate::output::plain_schema(&schema))),
             _ => Err(Status::internal("the statement was not planned")),
         }
     }
@@ -172,12 +172,9 @@ impl FlightDoor {
         let Ran::Stream(stream, running) = ran else {
             return Err(Status::internal("the statement was not streamed"));
         };
-        let schema = Arc::new(plain_schema(&stream.schema()));
+        let schema = Arc::new(crate::output::plain_schema(&stream.schema()));
         let batches = engine::pump(self.state.clone(), stream, running, audit, started);
-        let batches = futures::stream::unfold(batches, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })
-        .map(|item| {
+        let batches = batches.map(|item| {
             item.and_then(|b| crate::output::plain(&b))
                 .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(status(e))))
         });
@@ -202,20 +199,6 @@ impl FlightDoor {
             .with_ordered(true);
         Ok(Response::new(info))
     }
-}
-
-fn plain_schema(schema: &SchemaRef) -> Schema {
-    Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| {
-                f.as_ref()
-                    .clone()
-                    .with_data_type(crate::output::plain_type(f.data_type()))
-            })
-            .collect::<Vec<_>>(),
-    )
 }
 
 /// A statement handle: the statement's text (the door keeps no state between calls).

@@ -459,16 +459,8 @@ pub fn document() -> Value {
                     "One read-only statement (URL-encoded).",
                     json!({"type": "string", "example": "SELECT count(*) AS women FROM status_episodes"}),
                 ));
-                parameters.push(query_param(
-                    "known_at",
-                    "Answer as the ledger was known at this instant (RFC 3339, or a date).",
-                    json!({"type": "string"}),
-                ));
-                parameters.push(query_param(
-                    "wait_for",
-                    "A receipt's batch id, or latest: wait until the answer reflects it.",
-                    json!({"type": "string"}),
-                ));
+                parameters.push(known_at_param());
+                parameters.push(wait_for_param());
                 parameters.push(format_param());
                 answer_ok("The query's answer.")
             }

@@ -352,6 +352,17 @@ pub(crate) fn plain_type(dt: &DataType) -> DataType {
     }
 }
 
+/// The schema of a result's [`plain`] batches.
+pub(crate) fn plain_schema(schema: &Schema) -> Schema {
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// Incremental CSV or Arrow IPC encoding, for results streamed batch by batch.
 pub(crate) struct StreamEncoder {
     format: Format,
@@ -362,12 +373,7 @@ pub(crate) struct StreamEncoder {
 
 impl StreamEncoder {
     pub(crate) fn new(format: Format, schema: &Schema) -> Result<StreamEncoder, Problem> {
-        let fields: Vec<arrow_schema::Field> = schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
-            .collect();
-        let schema = Arc::new(Schema::new(fields));
+        let schema = Arc::new(plain_schema(schema));
         let ipc = match format {
             Format::Arrow => Some(
                 arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &schema)

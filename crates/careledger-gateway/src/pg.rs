@@ -23,8 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow_array::RecordBatch;
-use arrow_schema::{DataType, Schema, SchemaRef};
+use arrow_schema::{DataType, SchemaRef};
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -32,7 +31,6 @@ use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider};
 use datafusion::common::ParamValues;
 use datafusion::datasource::TableType;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Expr, Set, Statement};
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
@@ -76,29 +74,12 @@ pub struct PgConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
-/// The session catalog with `pg_catalog` beside the caller's tables, in a catalog list of
-/// its own: the snapshot's (shared by the queries that reuse it) is left as it was.
+/// The session catalog with `pg_catalog` beside the caller's tables, in catalogs of its own
+/// ([`crate::engine::own_catalogs`]): the snapshot's are left as they were.
 pub(crate) async fn with_pg_catalog(
     ctx: &SessionContext,
 ) -> datafusion::error::Result<SessionContext> {
-    let state = ctx.state();
-    let list = Arc::new(MemoryCatalogProviderList::new());
-    for name in CatalogProviderList::catalog_names(state.catalog_list().as_ref()) {
-        let Some(old) = state.catalog_list().catalog(&name) else {
-            continue;
-        };
-        let catalog = MemoryCatalogProvider::new();
-        for schema in old.schema_names() {
-            if let Some(s) = old.schema(&schema) {
-                catalog.register_schema(&schema, s)?;
-            }
-        }
-        list.register_catalog(name, Arc::new(catalog));
-    }
-    let state = SessionStateBuilder::new_from_existing(state)
-        .with_catalog_list(list.clone())
-        .build();
-    let ctx = SessionContext::new_with_state(state);
+    let ctx = crate::engine::own_catalogs(ctx)?;
     // The functions PostgreSQL clients call (pg_table_is_visible, format_type, …), and a
     // pg_catalog schema, replaced at once by one that keeps every table's OID.
     setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider).map_err(|e| *e)?;
@@ -291,6 +272,9 @@ fn tls_acceptor(
     Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The PostgreSQL version the door reports: psql and drivers pick their catalog queries by it.
+const SERVER_VERSION: &str = "15.0 (careledger)";
+
 /// Who a connection signed in as, and its knowledge instant.
 #[derive(Debug)]
 struct Session {
@@ -309,8 +293,7 @@ struct PgDoor {
 impl PgDoor {
     fn new(state: Arc<AppState>) -> PgDoor {
         let mut params = DefaultServerParameterProvider::default();
-        // psql and drivers pick their catalog queries by this version.
-        params.server_version = "15.0 (careledger)".into();
+        params.server_version = SERVER_VERSION.into();
         params.default_transaction_read_only = true;
         params.time_zone = state.config.time_zone.name().to_string();
         PgDoor {
@@ -548,7 +531,7 @@ impl QueryParser for PgParser {
         match stmt {
             PgStatement::Local(s) => Ok(local_fields(s)),
             PgStatement::Query { schema, .. } => arrow_schema_to_pg_fields(
-                &plain_schema(schema),
+                &crate::output::plain_schema(schema),
                 format.unwrap_or(&Format::UnifiedText),
                 None,
             ),
@@ -596,7 +579,7 @@ impl Queries {
         let Ran::Stream(stream, running) = ran else {
             return Err(pg_error(Problem::internal("the query", &"not streamed")));
         };
-        let schema = plain_schema(&stream.schema());
+        let schema = crate::output::plain_schema(&stream.schema());
         let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
         let batches = engine::pump(self.state.clone(), stream, running, audit, started);
         Ok(Response::Query(QueryResponse::new(
@@ -608,13 +591,10 @@ impl Queries {
 
 /// The rows of the engine's batches, encoded for the wire.
 fn rows(
-    batches: tokio::sync::mpsc::Receiver<Result<RecordBatch, Problem>>,
+    batches: engine::Batches,
     fields: Arc<Vec<FieldInfo>>,
 ) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
-    futures::stream::unfold(batches, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .flat_map(move |item| {
+    batches.flat_map(move |item| {
         let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> =
             match item.and_then(|b| crate::output::plain(&b)) {
                 Ok(batch) => encode_recordbatch(fields.clone(), batch),
@@ -622,20 +602,6 @@ fn rows(
             };
         futures::stream::iter(rows)
     })
-}
-
-fn plain_schema(schema: &SchemaRef) -> Schema {
-    Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| {
-                f.as_ref()
-                    .clone()
-                    .with_data_type(crate::output::plain_type(f.data_type()))
-            })
-            .collect::<Vec<_>>(),
-    )
 }
 
 #[async_trait]
@@ -779,7 +745,7 @@ fn local(
                 "transaction_read_only" | "default_transaction_read_only" => "on".into(),
                 "transaction isolation level" | "transaction_isolation" => "read committed".into(),
                 "standard_conforming_strings" => "on".into(),
-                "server_version" => "15.0 (careledger)".into(),
+                "server_version" => SERVER_VERSION.into(),
                 "client_encoding" | "server_encoding" => "UTF8".into(),
                 _ => {
                     return Err(user_error(

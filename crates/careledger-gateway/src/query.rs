@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -426,14 +425,14 @@ async fn answer_sql(
 fn stream_response(
     format: Format,
     schema: &SchemaRef,
-    batches: tokio::sync::mpsc::Receiver<Result<RecordBatch, Problem>>,
+    batches: engine::Batches,
 ) -> Result<Response, Problem> {
     let encoder = crate::output::StreamEncoder::new(format, schema)?;
     let body = futures::stream::unfold(
         (batches, Some(encoder)),
         |(mut batches, encoder)| async move {
             let mut encoder = encoder?;
-            let item = match batches.recv().await {
+            let item = match futures::StreamExt::next(&mut batches).await {
                 Some(Ok(batch)) => encoder.batch(&batch),
                 None => {
                     let last = encoder.finish();
