@@ -842,3 +842,33 @@ fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A report called in SQL is answered inside its own query: queries that reuse the same
+/// snapshot (the same token, within a second, nothing committed between) can call it again,
+/// and cannot read an earlier query's answer.
+#[tokio::test]
+async fn report_calls_stay_inside_their_own_query() {
+    let (h, t) = seeded(GatewayConfig::default()).await;
+    let ask = |q: &'static str| {
+        Request::post("/v1/sql?format=json&wait_for=latest")
+            .header("authorization", format!("Bearer {}", t["admin"]))
+            .header("content-type", "application/json")
+            .body(Body::from(json!({"sql": q}).to_string()))
+            .unwrap()
+    };
+    let call_stock = "SELECT * FROM stock(as_of => '2024-06-30', level => 'county')";
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let (s, _, b) = call(&h, ask(call_stock)).await;
+        assert_eq!(s, StatusCode::OK, "{}", json_of(&b));
+        answers.push(json_of(&b)["rows"].clone());
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    let (s, _, b) = call(&h, ask("SELECT * FROM careledger_report_calls.report_0")).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "an earlier answer is readable: {}",
+        json_of(&b)
+    );
+}
