@@ -165,6 +165,79 @@ with pg(SCOPED) as conn:
 want, _ = http_sql(SCOPED, SCOPE_SQL)
 check(got == want and len(got) == 1, f"scoped token over the PostgreSQL door = over HTTP: {got}")
 
+# --- What BI tools send on their own --------------------------------------------------------
+# Grafana's PostgreSQL data source lists tables and columns with these queries (from Grafana's
+# query builder, as datafusion-postgres's compatibility tests carry them), sent by its Go
+# driver in the simple query protocol; then a panel's time series, its macros expanded.
+SEARCH_PATH = """SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+      FROM generate_series(array_lower(string_to_array(current_setting('search_path'),','),1),
+                           array_upper(string_to_array(current_setting('search_path'),','),1)) as i,
+           string_to_array(current_setting('search_path'),',') s"""
+GRAFANA = [
+    f"""SELECT CASE WHEN quote_ident(table_schema) IN ({SEARCH_PATH})
+          THEN quote_ident(table_name)
+          ELSE quote_ident(table_schema) || '.' || quote_ident(table_name) END AS "table"
+        FROM information_schema.tables
+        WHERE quote_ident(table_schema) NOT IN ('information_schema', 'pg_catalog',
+          '_timescaledb_cache', '_timescaledb_catalog', '_timescaledb_internal',
+          '_timescaledb_config', 'timescaledb_information', 'timescaledb_experimental')
+        ORDER BY CASE WHEN quote_ident(table_schema) IN ({SEARCH_PATH}) THEN 0 ELSE 1 END, 1""",
+    f"""SELECT quote_ident(column_name) AS "column", data_type AS "type"
+        FROM information_schema.columns
+        WHERE CASE WHEN array_length(parse_ident('status_episodes'),1) = 2
+            THEN quote_ident(table_schema) = (parse_ident('status_episodes'))[1]
+              AND quote_ident(table_name) = (parse_ident('status_episodes'))[2]
+            ELSE quote_ident(table_name) = 'status_episodes'
+              AND quote_ident(table_schema) IN ({SEARCH_PATH}) END""",
+    """SELECT CAST(date_trunc('month', start_date) AS timestamp) AS "time", count(*) AS entries
+        FROM status_episodes
+        WHERE start_date BETWEEN '2023-01-01T00:00:00Z' AND '2024-12-31T23:59:59Z'
+        GROUP BY 1 ORDER BY 1""",
+]
+
+
+def simple(conn, sql):
+    """The simple query protocol, as Grafana's Go driver sends a query without arguments."""
+    res = conn.pgconn.exec_(sql.encode())
+    if res.status not in (psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.COMMAND_OK):
+        return None, res.error_message.decode(errors="replace")
+    return [[res.get_value(r, c) for c in range(res.nfields)] for r in range(res.ntuples)], None
+
+
+with pg(ADMIN) as conn:
+    conn.autocommit = True
+    tables, err = simple(conn, GRAFANA[0])
+    names = {t[0].decode() for t in tables or []}
+    check(err is None and {"status_episodes", "women", "regions"} <= names,
+          f"Grafana's table list: {len(names)} tables {err or ''}")
+    columns, err = simple(conn, GRAFANA[1])
+    cols = {c[0].decode() for c in columns or []}
+    check(err is None and {"person_key", "start_date", "entry_reason"} <= cols,
+          f"Grafana's column list of status_episodes: {sorted(cols)} {err or ''}")
+    series, err = simple(conn, GRAFANA[2])
+    check(err is None and len(series or []) > 0, f"a Grafana time series panel: {len(series or [])} months {err or ''}")
+
+# Metabase (JDBC) and DBeaver sign in with these, in the extended protocol.
+JDBC_STARTUP = [
+    "SET extra_float_digits = 2",
+    "SET application_name = 'Metabase v0.55.1'",
+    "SHOW TRANSACTION ISOLATION LEVEL",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ UNCOMMITTED",
+    """SELECT nspname AS "TABLE_SCHEM", current_database() AS "TABLE_CATALOG" FROM pg_catalog.pg_namespace WHERE nspname <> 'pg_toast' ORDER BY "TABLE_SCHEM\"""",
+    "SELECT current_schema(), session_user",
+    "SELECT version()",
+    "SELECT * FROM pg_catalog.pg_settings where name='standard_conforming_strings'",
+    "show timezone",
+]
+with pg(ADMIN) as conn:
+    conn.autocommit = True
+    for sql in JDBC_STARTUP:
+        try:
+            conn.execute(sql)
+            check(True, f"Metabase/DBeaver start-up: {sql[:60]}")
+        except psycopg.Error as e:
+            check(False, f"Metabase/DBeaver start-up: {sql[:60]}: {str(e).strip()[:120]}")
+
 # --- Arrow Flight SQL: ADBC ---------------------------------------------------------------
 uri = f"grpc://127.0.0.1:{FLIGHT_PORT}"
 with flightsql.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": f"Bearer {ADMIN}"}) as conn:

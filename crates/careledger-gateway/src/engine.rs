@@ -26,10 +26,106 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{SQLOptions, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
 
-use crate::AppState;
-use crate::audit::AuditEntry;
+use careledger_warehouse::Warehouse;
+
+use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::{Principal, Role};
+use crate::metrics::Metrics;
 use crate::problem::Problem;
+use crate::query::QueryConfig;
+
+/// What every door's queries share: the warehouse they read, the limits, the slots for
+/// queries at once, and where their audit entries and timings go. The server holds one
+/// (`AppState::engine`); `careledger sql --store DIR` builds one over a local store
+/// ([`Engine::local`]), so a local query has the same limits as a served one.
+pub struct Engine {
+    pub(crate) warehouse: Arc<Warehouse>,
+    pub(crate) query: QueryConfig,
+    slots: Arc<tokio::sync::Semaphore>,
+    audit: Option<Arc<AuditLog>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("query", &self.query)
+            .field("audited", &self.audit.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// The server's engine: its queries are audited and timed.
+    pub(crate) fn served(
+        warehouse: Arc<Warehouse>,
+        query: QueryConfig,
+        audit: Arc<AuditLog>,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
+        let slots = Arc::new(tokio::sync::Semaphore::new(query.max_concurrent.max(1)));
+        Engine {
+            warehouse,
+            query,
+            slots,
+            audit: Some(audit),
+            metrics: Some(metrics),
+        }
+    }
+
+    /// An engine over a store opened directly (`careledger sql --store DIR`): the same
+    /// read-only rules, shape limits, SQL guard, memory bound and timeout as the server's,
+    /// with full access (whoever can read the directory can read everything in it) and no
+    /// audit entry (a reader of the files writes nothing to them).
+    pub fn local(warehouse: Warehouse, query: QueryConfig) -> Arc<Engine> {
+        let warehouse = warehouse.with_memory_limit(query.memory_limit);
+        let slots = Arc::new(tokio::sync::Semaphore::new(query.max_concurrent.max(1)));
+        Arc::new(Engine {
+            warehouse: Arc::new(warehouse),
+            query,
+            slots,
+            audit: None,
+            metrics: None,
+        })
+    }
+
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// Runs one statement over a local store and returns the whole answer
+    /// (`careledger sql --store DIR`); `known_at` as in `/v1/sql`.
+    pub async fn answer_locally(
+        self: &Arc<Self>,
+        sql: &str,
+        known_at: Option<&str>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Problem> {
+        let started = Instant::now();
+        let principal = Principal {
+            name: "local-store".into(),
+            role: Role::Admin,
+            scope: None,
+        };
+        let ask = Ask {
+            sql: sql.to_string(),
+            params: None,
+            params_text: None,
+            known_at: known_at_of(self, known_at)?,
+            want: Want::Whole(None),
+        };
+        let (ran, _, audit) = run(self, &principal, Door::Local, ask, started).await?;
+        match ran {
+            Ran::Whole(schema, batches) => {
+                audit.finish(Ok(batches.iter().map(RecordBatch::num_rows).sum()));
+                Ok((schema, batches))
+            }
+            _ => Err(Problem::internal(
+                "the query",
+                &"asked whole, answered otherwise",
+            )),
+        }
+    }
+}
 
 /// The way a query came in: named in its audit entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +136,8 @@ pub enum Door {
     Postgres,
     /// Arrow Flight SQL (`--flight-listen`).
     Flight,
+    /// `careledger sql --store DIR`: a store opened directly (not audited).
+    Local,
 }
 
 impl Door {
@@ -49,6 +147,7 @@ impl Door {
             Door::Http => "sql",
             Door::Postgres => "pg-sql",
             Door::Flight => "flight-sql",
+            Door::Local => "local-sql",
         }
     }
 }
@@ -159,11 +258,11 @@ pub(crate) fn timeout_problem(t: Duration) -> Problem {
 }
 
 pub(crate) fn known_at_of(
-    state: &AppState,
-    text: Option<&String>,
+    engine: &Engine,
+    text: Option<&str>,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
     text.map(|t| {
-        reports::parse_instant(t, state.warehouse.zone()).ok_or_else(|| {
+        reports::parse_instant(t, engine.warehouse.zone()).ok_or_else(|| {
             Problem::bad_request(
                 "bad-parameter",
                 format!("known_at {t:?} is not an RFC 3339 instant or a date"),
@@ -400,7 +499,7 @@ pub(crate) struct Ask {
 /// The audit entry of one query, written when its answer is complete (or refused).
 #[derive(Debug)]
 pub(crate) struct Audit {
-    state: Arc<AppState>,
+    engine: Arc<Engine>,
     principal: Principal,
     door: Door,
     sql: String,
@@ -415,26 +514,30 @@ impl Audit {
             Ok(rows) => Ok((rows, ())),
             Err(e) => Err(Problem::new(e.status, e.slug, "")),
         };
-        self.state.audit(AuditEntry::new(
-            &self.principal,
-            self.door.audit_kind(),
-            &self.sql,
-            self.params,
-            &outcome,
-            self.started,
-        ));
-        self.state.metrics.query(self.started.elapsed());
+        if let Some(log) = &self.engine.audit {
+            log.record(AuditEntry::new(
+                &self.principal,
+                self.door.audit_kind(),
+                &self.sql,
+                self.params,
+                &outcome,
+                self.started,
+            ));
+        }
+        if let Some(metrics) = &self.engine.metrics {
+            metrics.query(self.started.elapsed());
+        }
     }
 }
 
 /// The problem when every slot for queries at once is taken (the HTTP door adds Retry-After).
-pub(crate) fn too_many_queries(state: &AppState) -> Problem {
+pub(crate) fn too_many_queries(engine: &Engine) -> Problem {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "too-many-queries",
         format!(
             "{} SQL queries are running, the most the server runs at once; retry in a second",
-            state.query.max_concurrent
+            engine.query.max_concurrent
         ),
     )
 }
@@ -444,14 +547,14 @@ pub(crate) fn too_many_queries(state: &AppState) -> Problem {
 /// success the caller finishes the returned [`Audit`] when the answer is sent (for
 /// [`Want::Describe`] it may drop it: the execution is audited).
 pub(crate) async fn run(
-    state: &Arc<AppState>,
+    engine: &Arc<Engine>,
     p: &Principal,
     door: Door,
     ask: Ask,
     started: Instant,
 ) -> Result<(Ran, careledger_warehouse::DerivedState, Audit), Problem> {
     let audit = Audit {
-        state: state.clone(),
+        engine: engine.clone(),
         principal: p.clone(),
         door,
         sql: ask.sql.clone(),
@@ -461,23 +564,23 @@ pub(crate) async fn run(
     let describe = matches!(ask.want, Want::Describe);
     let outcome = async {
         may_run_sql(p)?;
-        if ask.sql.len() > state.query.max_sql_bytes {
+        if ask.sql.len() > engine.query.max_sql_bytes {
             return Err(Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "sql-too-long",
                 format!(
                     "the SQL text is {} bytes, more than the limit of {} bytes; write a shorter query (bind values as parameters instead of splicing them in)",
                     ask.sql.len(),
-                    state.query.max_sql_bytes
+                    engine.query.max_sql_bytes
                 ),
             ));
         }
-        let slot = state
-            .sql_slots
+        let slot = engine
+            .slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| too_many_queries(state))?;
-        let snap = state
+            .map_err(|_| too_many_queries(engine))?;
+        let snap = engine
             .warehouse
             .snapshot_as(ask.known_at, &access_of(p))
             .await
@@ -487,14 +590,14 @@ pub(crate) async fn run(
             Door::Postgres => crate::pg::with_pg_catalog(&snap.ctx)
                 .await
                 .map_err(datafusion_problem)?,
-            Door::Http | Door::Flight => snap.ctx.clone(),
+            Door::Http | Door::Flight | Door::Local => snap.ctx.clone(),
         };
         let reports = ReportCalls {
-            state: state.clone(),
+            engine: engine.clone(),
             access: access_of(p),
             known_at: ask.known_at,
         };
-        let ran = run_sql(state, ctx, reports, ask, slot, started).await?;
+        let ran = run_sql(engine, ctx, reports, ask, slot, started).await?;
         Ok((ran, derived))
     }
     .await;
@@ -511,7 +614,7 @@ pub(crate) async fn run(
 
 /// Named reports called in a statement, and what they need to run as the caller.
 struct ReportCalls {
-    state: Arc<AppState>,
+    engine: Arc<Engine>,
     access: Access,
     known_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -630,7 +733,7 @@ impl ReportCalls {
                     .or_insert_with(|| t.to_rfc3339());
             }
             let (schema, batches) = self
-                .state
+                .engine
                 .warehouse
                 .run_report_with_schema(&report, &given, &self.access)
                 .await
@@ -719,7 +822,7 @@ impl<F: FnMut(&mut datafusion::sql::sqlparser::ast::TableFactor)>
 /// result held whole is bounded too: past the row cap (JSON) or past the query memory limit
 /// in bytes, collecting stops with a problem instead of growing until the timeout.
 async fn run_sql(
-    state: &AppState,
+    engine: &Engine,
     ctx: SessionContext,
     reports: ReportCalls,
     ask: Ask,
@@ -727,10 +830,10 @@ async fn run_sql(
     started: Instant,
 ) -> Result<Ran, Problem> {
     use futures::StreamExt;
-    let t = state.query.timeout;
+    let t = engine.query.timeout;
     let deadline = tokio::time::Instant::from_std(started + t);
-    let byte_cap = state.query.memory_limit;
-    let limits = crate::sql_guard::Limits::for_memory(state.query.memory_limit);
+    let byte_cap = engine.query.memory_limit;
+    let limits = crate::sql_guard::Limits::for_memory(engine.query.memory_limit);
     let running = Running::start(slot, deadline);
     let cancel = running.cancel.clone();
     let Ask {
@@ -839,7 +942,7 @@ fn positional_types(types: &HashMap<String, Option<DataType>>) -> Vec<Option<Dat
 /// cancelled and its slot given back as soon as the stream ends, fails or passes the
 /// deadline. An error after the first batch arrives as the last item.
 pub(crate) fn pump(
-    state: Arc<AppState>,
+    engine: Arc<Engine>,
     mut stream: datafusion::physical_plan::SendableRecordBatchStream,
     running: Running,
     audit: Audit,
@@ -847,10 +950,10 @@ pub(crate) fn pump(
 ) -> Batches {
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, Problem>>(2);
-    let deadline = tokio::time::Instant::from_std(started + state.query.timeout);
+    let deadline = tokio::time::Instant::from_std(started + engine.query.timeout);
     query_runtime().spawn(async move {
         let mut rows = 0usize;
-        let late = || timeout_problem(state.query.timeout);
+        let late = || timeout_problem(engine.query.timeout);
         let result: Result<(), Problem> = async {
             // The deadline is checked before every batch, not only while waiting for one: a
             // stream whose batches are always ready would never hit a timeout on `next`.
@@ -884,7 +987,7 @@ pub(crate) fn pump(
             // The door cuts its answer with the error (never a clean end a client could take
             // for the whole result); waits for the door to take what is queued, within bounds.
             let error = Problem::new(e.status, e.slug, e.detail.clone());
-            let _ = tokio::time::timeout(state.query.timeout, tx.send(Err(error))).await;
+            let _ = tokio::time::timeout(engine.query.timeout, tx.send(Err(error))).await;
         }
         audit.finish(result.as_ref().map(|()| rows));
     });

@@ -10,7 +10,10 @@
 //!   DoGet authenticates and runs it again as its caller: a ticket is worth nothing without
 //!   a token. Header `careledger-known-at` sets the knowledge instant.
 //! - **SqlInfo** names the server and says it is read-only.
+//! - **TLS** with `--flight-tls-cert`/`--flight-tls-key` (`grpc+tls://`); required when the
+//!   door listens beyond loopback.
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
@@ -40,16 +43,46 @@ use crate::auth::Principal;
 use crate::engine::{self, Ask, Door, Ran, Want};
 use crate::problem::Problem;
 
-/// Serves Flight SQL on `listener` until the task is dropped.
-pub async fn serve_flight(
+/// Serves Flight SQL on `listener` until the task is dropped, over TLS when `tls` names a
+/// certificate and key (PEM). A door on an address other hosts can reach must have TLS: the
+/// token crosses the network with every call. The certificate is read here, so a bad one
+/// stops the server at start, not at the first call.
+pub fn serve_flight(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
-) -> Result<(), tonic::transport::Error> {
+    tls: Option<(PathBuf, PathBuf)>,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>> + Send, String> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("the Flight SQL listener: {e}"))?;
+    if !addr.ip().is_loopback() && tls.is_none() {
+        return Err(format!(
+            "--flight-listen {addr} is reachable from other hosts: give --flight-tls-cert and --flight-tls-key (tokens must not cross the network in clear), or listen on 127.0.0.1"
+        ));
+    }
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        // tonic asks rustls for the process's crypto provider; two are linked into this
+        // binary (ring and aws-lc-rs through other crates), so one must be named. An error
+        // here means one was installed already, which is as good.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let read =
+            |p: &PathBuf| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
+        let identity = tonic::transport::Identity::from_pem(read(&cert)?, read(&key)?);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| {
+                format!(
+                    "--flight-tls-cert {} / --flight-tls-key {}: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+    }
     let door = FlightDoor { state };
-    tonic::transport::Server::builder()
+    Ok(builder
         .add_service(FlightServiceServer::new(door))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-        .await
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)))
 }
 
 #[derive(Debug)]
@@ -123,7 +156,7 @@ impl FlightDoor {
             .get("careledger-known-at")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        crate::engine::known_at_of(&self.state, text.as_ref()).map_err(status)
+        crate::engine::known_at_of(&self.state.engine, text.as_deref()).map_err(status)
     }
 
     /// Plans `sql` as the caller: its result's schema.
@@ -136,7 +169,7 @@ impl FlightDoor {
             known_at: self.known_at(metadata)?,
             want: Want::Describe,
         };
-        let (ran, _, _) = engine::run(&self.state, &p, Door::Flight, ask, Instant::now())
+        let (ran, _, _) = engine::run(&self.state.engine, &p, Door::Flight, ask, Instant::now())
             .await
             .map_err(status)?;
         match ran {
@@ -166,14 +199,14 @@ impl FlightDoor {
             known_at: self.known_at(metadata)?,
             want: Want::Stream,
         };
-        let (ran, _, audit) = engine::run(&self.state, &p, Door::Flight, ask, started)
+        let (ran, _, audit) = engine::run(&self.state.engine, &p, Door::Flight, ask, started)
             .await
             .map_err(status)?;
         let Ran::Stream(stream, running) = ran else {
             return Err(Status::internal("the statement was not streamed"));
         };
         let schema = Arc::new(crate::output::plain_schema(&stream.schema()));
-        let batches = engine::pump(self.state.clone(), stream, running, audit, started);
+        let batches = engine::pump(self.state.engine.clone(), stream, running, audit, started);
         let batches = batches.map(|item| {
             item.and_then(|b| crate::output::plain(&b))
                 .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(status(e))))

@@ -96,17 +96,18 @@ pub struct AppState {
     pub key: PseudonymKey,
     pub committer: Committer,
     pub config: GatewayConfig,
-    pub warehouse: Warehouse,
+    pub warehouse: Arc<Warehouse>,
     pub query: QueryConfig,
     pub cache: query::ResultCache,
-    /// Slots for `POST /v1/sql` queries running at once (`QueryConfig::max_concurrent`).
-    pub sql_slots: Arc<tokio::sync::Semaphore>,
+    /// What every SQL door hands its queries to (shares `warehouse`, `audit_log` and
+    /// `metrics`).
+    pub engine: Arc<engine::Engine>,
     /// The ingest body budget, in KiB (`GatewayConfig::ingest_budget_bytes`).
     pub ingest_budget: Arc<tokio::sync::Semaphore>,
     /// Disclosure control of dashboard answers (its noise secret derives from `key`).
     pub publisher: disclosure::Publisher,
     pub metrics: Arc<metrics::Metrics>,
-    pub audit_log: audit::AuditLog,
+    pub audit_log: Arc<audit::AuditLog>,
     /// Maintains the derived tables beside the queries (stopped when the state is dropped).
     pub deriver: derive_task::DeriverTask,
 }
@@ -140,7 +141,7 @@ impl AppState {
             config.query.disclosure_k,
             key.derive_secret("publication noise"),
         );
-        let audit_log = audit::AuditLog::start(store.clone());
+        let audit_log = Arc::new(audit::AuditLog::start(store.clone()));
         let deriver = derive_task::DeriverTask::start(
             warehouse.deriver().clone(),
             metrics.clone(),
@@ -148,7 +149,13 @@ impl AppState {
             config.derive,
         );
         let query = config.query.clone();
-        let sql_slots = Arc::new(tokio::sync::Semaphore::new(query.max_concurrent.max(1)));
+        let warehouse = Arc::new(warehouse);
+        let engine = Arc::new(engine::Engine::served(
+            warehouse.clone(),
+            query.clone(),
+            audit_log.clone(),
+            metrics.clone(),
+        ));
         let config_budget_kib = config.ingest_budget_bytes.div_ceil(1024).max(1);
         Ok(Arc::new(AppState {
             store,
@@ -159,7 +166,7 @@ impl AppState {
             warehouse,
             query,
             cache: query::ResultCache::default(),
-            sql_slots,
+            engine,
             ingest_budget: Arc::new(tokio::sync::Semaphore::new(config_budget_kib)),
             publisher,
             metrics,

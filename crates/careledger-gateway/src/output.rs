@@ -137,7 +137,8 @@ pub(crate) fn plain(batch: &RecordBatch) -> Result<RecordBatch, Problem> {
 }
 
 pub(crate) fn cell(col: &ArrayRef, r: usize) -> Value {
-    if col.is_null(r) {
+    // A column of type Null (`SELECT NULL AS x`) has no null buffer: `is_null` says false.
+    if col.is_null(r) || col.data_type() == &DataType::Null {
         return Value::Null;
     }
     match col.data_type() {
@@ -428,5 +429,21 @@ impl StreamEncoder {
             }
             None => Ok(Bytes::new()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `SELECT NULL AS x` gives a column of type Null, which has no null buffer: its cells
+    /// are still JSON nulls, not empty strings.
+    #[test]
+    fn a_column_of_type_null_is_null_in_json() {
+        let col: ArrayRef = Arc::new(arrow_array::NullArray::new(2));
+        assert_eq!(cell(&col, 0), Value::Null);
+        let col: ArrayRef = Arc::new(StringArray::from(vec![Some(""), None]));
+        assert_eq!(cell(&col, 0), json!(""));
+        assert_eq!(cell(&col, 1), Value::Null);
     }
 }

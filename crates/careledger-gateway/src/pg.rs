@@ -437,10 +437,63 @@ impl PgParser {
                 "COPY is not available: careledger is read-only through SQL and answers leave by SELECT (in psql, \\pset format csv and \\o FILE write a SELECT's answer to a file)".into(),
             ));
         }
+        let sql = search_path_answered(sql);
         self.sql
-            .parse(sql)
+            .parse(&sql)
             .map_err(|e| user_error("42601", format!("syntax error: {e}")))
     }
+}
+
+/// The subquery by which Grafana's PostgreSQL data source resolves the session's
+/// `search_path` into schema names, when it lists tables and columns.
+const GRAFANA_SEARCH_PATH: &str = r#"SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+    FROM generate_series(
+        array_lower(string_to_array(current_setting('search_path'),','),1),
+        array_upper(string_to_array(current_setting('search_path'),','),1)
+    ) as i, string_to_array(current_setting('search_path'),',') s"#;
+
+/// Grafana's search-path subquery answered as PostgreSQL would answer it here: the search
+/// path is `public`, where every table is. Grafana writes it inside `IN (…)`, so it becomes
+/// the list `IN ('public')` (DataFusion plans no subquery inside an `ORDER BY`, where
+/// Grafana also puts it). (DataFusion has no `current_setting` or
+/// set-returning `string_to_array`; the compatibility parser's own rewrite of this subquery
+/// matches nothing, which left Grafana's table names schema-qualified and its column list
+/// empty.) Whitespace is ignored in the match, as Grafana indents it differently by version.
+fn search_path_answered(sql: &str) -> std::borrow::Cow<'_, str> {
+    let want: Vec<char> = GRAFANA_SEARCH_PATH
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let mut out = String::new();
+    let mut rest = sql;
+    let mut changed = false;
+    'search: while let Some(start) = rest.to_ascii_lowercase().find("select") {
+        let mut matched = 0;
+        for (i, c) in rest[start..].char_indices() {
+            if c.is_whitespace() {
+                continue;
+            }
+            if !c.eq_ignore_ascii_case(&want[matched]) {
+                break;
+            }
+            matched += 1;
+            if matched == want.len() {
+                let end = start + i + c.len_utf8();
+                out.push_str(&rest[..start]);
+                out.push_str("'public'");
+                rest = &rest[end..];
+                changed = true;
+                continue 'search;
+            }
+        }
+        out.push_str(&rest[..start + 6]);
+        rest = &rest[start + 6..];
+    }
+    if !changed {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
 }
 
 /// Statements the door answers itself.
@@ -492,7 +545,7 @@ impl QueryParser for PgParser {
             want: Want::Describe,
         };
         let (ran, _, _) = engine::run(
-            &self.state,
+            &self.state.engine,
             &session.principal,
             Door::Postgres,
             ask,
@@ -568,7 +621,7 @@ impl Queries {
             want: Want::Stream,
         };
         let (ran, _, audit) = engine::run(
-            &self.state,
+            &self.state.engine,
             &session.principal,
             Door::Postgres,
             ask,
@@ -581,7 +634,7 @@ impl Queries {
         };
         let schema = crate::output::plain_schema(&stream.schema());
         let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
-        let batches = engine::pump(self.state.clone(), stream, running, audit, started);
+        let batches = engine::pump(self.state.engine.clone(), stream, running, audit, started);
         Ok(Response::Query(QueryResponse::new(
             fields.clone(),
             rows(batches, fields),
@@ -728,13 +781,12 @@ fn local(
                 Err(refuse_set(&name))
             }
         }
+        // Isolation and access modes: every answer is a read of one snapshot already, and
+        // writes are refused whatever the mode (Metabase and JDBC set these at sign-in).
+        Statement::Set(Set::SetTransaction { .. }) => Ok(Response::Execution(Tag::new("SET"))),
         Statement::Set(other) => Err(refuse_set(&other.to_string())),
         Statement::ShowVariable { variable } => {
-            let name = variable
-                .iter()
-                .map(|i| i.value.to_lowercase())
-                .collect::<Vec<_>>()
-                .join(".");
+            let name = show_name(variable);
             let value = match name.as_str() {
                 KNOWN_AT => session
                     .known_at
@@ -747,6 +799,8 @@ fn local(
                 "standard_conforming_strings" => "on".into(),
                 "server_version" => SERVER_VERSION.into(),
                 "client_encoding" | "server_encoding" => "UTF8".into(),
+                "timezone" | "time zone" => zone.name().into(),
+                "search_path" => "public".into(),
                 _ => {
                     return Err(user_error(
                         "42704",
@@ -773,14 +827,21 @@ fn local(
     }
 }
 
+/// The setting `SHOW` names: `careledger.known_at` arrives as two names, `TRANSACTION
+/// ISOLATION LEVEL` as three words.
+fn show_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String {
+    let words: Vec<String> = variable.iter().map(|i| i.value.to_lowercase()).collect();
+    if words.len() == 2 {
+        words.join(".")
+    } else {
+        words.join(" ")
+    }
+}
+
 fn local_fields(s: &Statement) -> Vec<FieldInfo> {
     match s {
         Statement::ShowVariable { variable } => vec![FieldInfo::new(
-            variable
-                .iter()
-                .map(|i| i.value.to_lowercase())
-                .collect::<Vec<_>>()
-                .join("."),
+            show_name(variable),
             None,
             None,
             Type::TEXT,
@@ -840,4 +901,31 @@ fn pg_error(p: Problem) -> PgWireError {
         p.detail
     };
     user_error(code, message)
+}
+
+#[cfg(test)]
+mod compat_tests {
+    use super::search_path_answered;
+
+    /// Grafana's subquery, indented as Grafana sends it, becomes `'public'`; the
+    /// rest of the statement is left as it was, and other SQL is not touched.
+    #[test]
+    fn grafanas_search_path_subquery_is_answered_with_public() {
+        let grafana = r#"SELECT quote_ident(table_name) FROM information_schema.tables WHERE quote_ident(table_schema) IN (
+              SELECT
+                CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+              FROM
+                generate_series(
+                  array_lower(string_to_array(current_setting('search_path'),','),1),
+                  array_upper(string_to_array(current_setting('search_path'),','),1)
+                ) as i,
+                string_to_array(current_setting('search_path'),',') s
+              ) ORDER BY 1"#;
+        assert_eq!(
+            search_path_answered(grafana),
+            "SELECT quote_ident(table_name) FROM information_schema.tables WHERE quote_ident(table_schema) IN (\n              'public'\n              ) ORDER BY 1"
+        );
+        let plain = "select 'SELECT CASE' AS x, 1";
+        assert_eq!(search_path_answered(plain), plain);
+    }
 }

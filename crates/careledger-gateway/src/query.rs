@@ -358,7 +358,7 @@ async fn answer_sql(
         q.get("format").map(String::as_str),
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     )?;
-    let known_at = known_at_of(&state, req.known_at.as_ref())?;
+    let known_at = known_at_of(&state.engine, req.known_at.as_deref())?;
     wait_if_asked(
         &state,
         q.get("wait_for")
@@ -384,20 +384,21 @@ async fn answer_sql(
         known_at,
         want,
     };
-    let (ran, reflects, audit) = match engine::run(&state, &p, Door::Http, ask, started).await {
-        Ok(ran) => ran,
-        Err(e) if e.slug == "too-many-queries" => {
-            let mut resp = e.into_response();
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Ok(resp);
-        }
-        Err(e) => return Err(e),
-    };
+    let (ran, reflects, audit) =
+        match engine::run(&state.engine, &p, Door::Http, ask, started).await {
+            Ok(ran) => ran,
+            Err(e) if e.slug == "too-many-queries" => {
+                let mut resp = e.into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(resp);
+            }
+            Err(e) => return Err(e),
+        };
     let mut resp = match ran {
         Ran::Stream(stream, running) => {
             let schema = stream.schema();
-            let batches = engine::pump(state.clone(), stream, running, audit, started);
+            let batches = engine::pump(state.engine.clone(), stream, running, audit, started);
             stream_response(format, &schema, batches)?
         }
         Ran::Whole(schema, batches) => {
@@ -503,7 +504,7 @@ pub async fn run_report(
     reports::bind(spec, &params, state.warehouse.zone()).map_err(query_problem)?;
     // Checked again where the report runs; here so a refusal comes before ETag and cache.
     reports::scoped_params(spec, &params, &access_of(&p)).map_err(query_problem)?;
-    known_at_of(&state, params.get("known_at"))?;
+    known_at_of(&state.engine, params.get("known_at").map(String::as_str))?;
     if p.role == Role::Dashboard {
         check_reference_periods(spec, &params)?;
     }
@@ -655,6 +656,141 @@ fn table_description(name: &str) -> &'static str {
     }
 }
 
+/// Descriptions of the columns of the tables careledger derives or ships (the pushed tables'
+/// columns carry theirs from the contracts in `schemas/`).
+fn column_description(table: &str, column: &str) -> Option<&'static str> {
+    Some(match (table, column) {
+        (_, "person_key") => {
+            "Pseudonym of the woman: HMAC-SHA256 of her ID number under the operator's secret (32 hex digits)."
+        }
+        ("access", "scope") => "Region code prefix this caller sees; NULL = all of Guangxi.",
+        ("access", "rejects") => "Whether this caller may read the rejects table.",
+        ("calendar_months", "month_start") => "First day of the month.",
+        ("calendar_months", "month_end") => "First day of the next month (exclusive).",
+        ("codes", "list") => "Which code list (entry_reason, exit_reason, service_type, group, …).",
+        ("codes", "code") => "The code as stored.",
+        ("codes", "zh") => "Chinese label.",
+        ("codes", "en") => "English label.",
+        ("codes", "measure") => "For service types: the measure area the service counts under.",
+        ("people", "region_code") => "Her village (division code) in her latest women record.",
+        ("people", "marital_status") => "Marital status code of her latest women record.",
+        ("people", "ethnicity") => "Ethnicity code of her latest women record.",
+        ("people", "birth_date") => "Birth date of her latest women record.",
+        ("status_episodes", "episode_no") => "1 for her first stay in the ledger, then 2, 3, …",
+        ("status_episodes", "start_date") => "First day in the ledger.",
+        ("status_episodes", "end_date") => {
+            "First day out of the ledger (exclusive); NULL = still in it."
+        }
+        ("status_episodes" | "ledger_runs", "entry_reason") => {
+            "Why she entered (code list entry_reason)."
+        }
+        ("status_episodes" | "ledger_runs", "exit_reason") => {
+            "Why she left (code list exit_reason); NULL = still in the ledger."
+        }
+        ("status_episodes", "region_at_start") => "Her village on the first day.",
+        ("status_episodes", "region_at_end") => "Her village on the last day in the ledger.",
+        ("status_episodes", "rule_version") => {
+            "Version of the status rule that derived the episode."
+        }
+        ("residence", "valid_from") => "First day at this village.",
+        ("residence", "valid_to") => "First day elsewhere (exclusive); NULL = still there.",
+        ("residence", "region_code") => "Village code; NULL = not resident in a rural village.",
+        ("ledger_runs", "level") => "province, city, county, township or village.",
+        ("ledger_runs", "region_code") => "The region at that level the piece lies in.",
+        ("ledger_runs", "episode_no") => "The episode this piece belongs to.",
+        ("ledger_runs", "run_start") => "First day of the piece in this region.",
+        ("ledger_runs", "run_end") => "First day after the piece (exclusive); NULL = open.",
+        ("regions", "code") => "Division code (2023 edition).",
+        ("regions", "name") => "Official name.",
+        ("regions", "level") => "province, city, county, township or village.",
+        ("regions", "parent_code") => "The code of the region one level up.",
+        ("regions", "rural") => "Villages only: whether it is a rural village committee (村委会).",
+        ("region_levels", "code") => "A division code.",
+        ("region_levels", "level") => "A level at or above the code's own.",
+        ("region_levels", "region_code") => "The code's ancestor at that level.",
+        ("batches", "batch_id") => "The batch's id (UUID), as in its receipt.",
+        ("batches" | "rejects", "table_name") => "The pushed table.",
+        ("batches" | "rejects", "source") => "The pushing source.",
+        ("batches", "idempotency_key") => "The Idempotency-Key the batch was sent with.",
+        ("batches", "batch_seq") => "The Batch-Seq the batch was sent with.",
+        ("batches", "format") => "The body's media type (csv, ndjson, json).",
+        ("batches", "atomic") => "Whether one invalid row refused the whole batch.",
+        ("batches", "rows_received") => "Rows in the body.",
+        ("batches", "rows_accepted") => "Rows stored.",
+        ("batches", "rows_rejected") => "Rows refused.",
+        ("batches", "table_version") => "The Delta table version the rows landed in.",
+        ("batches", "received_at") => "When the body arrived (UTC).",
+        ("batches", "committed_at") => "When the rows were committed (UTC).",
+        ("batches", "receipt") => "The receipt as sent to the source (JSON).",
+        ("rejects", "batch_id") => "The batch the row came in.",
+        ("rejects", "row") => "The row's number in the batch (1 = first row).",
+        ("rejects", "codes") => "Why it was refused: error codes, one per field.",
+        ("rejects", "messages") => "Why it was refused, in words.",
+        ("rejects", "raw") => "The row as sent, ID numbers masked.",
+        ("rejects", "ingested_at") => "When the batch arrived (UTC).",
+        _ => return None,
+    })
+}
+
+/// One table SQL can name, as `GET /v1/tables` and the shell's `\d` show it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TableInfo {
+    pub name: String,
+    pub description: String,
+    pub columns: Vec<ColumnInfo>,
+}
+
+/// One column of a [`TableInfo`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// The Arrow type, as DataFusion prints it (`Utf8`, `Date32`, `Int64`, …).
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub nullable: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// The tables a snapshot's SQL can name, sorted, with their columns and descriptions.
+pub async fn describe_tables(
+    ctx: &datafusion::prelude::SessionContext,
+) -> Result<Vec<TableInfo>, Problem> {
+    let schema = ctx
+        .catalog("datafusion")
+        .and_then(|c| c.schema("public"))
+        .ok_or_else(|| Problem::internal("catalog", &"no public schema"))?;
+    let mut names = schema.table_names();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(table) = schema.table(&name).await.map_err(datafusion_problem)? else {
+            continue;
+        };
+        let columns = table
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| ColumnInfo {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+                description: f
+                    .metadata()
+                    .get("description")
+                    .cloned()
+                    .or_else(|| column_description(&name, f.name()).map(str::to_string)),
+            })
+            .collect();
+        out.push(TableInfo {
+            description: table_description(&name).to_string(),
+            name,
+            columns,
+        });
+    }
+    Ok(out)
+}
+
 /// `GET /v1/tables`: what the caller's SQL can name, with columns and types.
 pub async fn tables(
     State(state): State<Arc<AppState>>,
@@ -669,27 +805,6 @@ pub async fn tables(
         .snapshot_as(None, &access_of(&p))
         .await
         .map_err(query_problem)?;
-    let schema = snap
-        .ctx
-        .catalog("datafusion")
-        .and_then(|c| c.schema("public"))
-        .ok_or_else(|| Problem::internal("catalog", &"no public schema"))?;
-    let mut names = schema.table_names();
-    names.sort();
-    let mut out = Vec::new();
-    for name in names {
-        let Some(table) = schema.table(&name).await.map_err(datafusion_problem)? else {
-            continue;
-        };
-        let columns: Vec<Value> = table
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable(), "description": f.metadata().get("description")}))
-            .collect();
-        out.push(
-            json!({"name": name, "description": table_description(&name), "columns": columns}),
-        );
-    }
+    let out = describe_tables(&snap.ctx).await?;
     Ok(Json(json!({"tables": out, "scope": p.scope})).into_response())
 }

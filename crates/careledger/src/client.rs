@@ -7,15 +7,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use careledger_gateway::QueryConfig;
+use careledger_gateway::engine::Engine;
 use careledger_gateway::output::{Format, concat, encode};
+use careledger_gateway::query::{TableInfo, describe_tables};
 use careledger_model::RuleParams;
 use careledger_store::Store;
-use careledger_warehouse::reports::parse_instant;
 use careledger_warehouse::{Access, Warehouse};
-use datafusion::prelude::SQLOptions;
 use serde_json::{Value, json};
 
-use crate::table::print_table;
+use crate::table::render_table;
 
 /// Where the answers come from.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,7 +32,8 @@ pub(crate) struct Target {
     #[arg(long, env = "CARELEDGER_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// Read a local store directly instead of asking a server (read-only, and with full
-    /// access: whoever can read the directory can read everything in it).
+    /// access: whoever can read the directory can read everything in it). SQL runs under
+    /// the server's default limits (30 s, 2 GiB, the same shape limits and SQL guard).
     #[arg(long)]
     pub(crate) store: Option<String>,
 }
@@ -69,7 +71,7 @@ impl Output {
         match self.format.as_str() {
             "table" => {
                 let v: Value = serde_json::from_slice(body)?;
-                print_table("", &v, usize::MAX);
+                print!("{}", render_table(&v, usize::MAX));
                 Ok(())
             }
             "csv" | "json" => {
@@ -90,7 +92,8 @@ pub(crate) enum Backend {
         token: String,
     },
     Local {
-        warehouse: Warehouse,
+        /// The same engine the server's SQL doors use, over the store opened directly.
+        engine: Arc<Engine>,
     },
 }
 
@@ -114,9 +117,10 @@ impl Backend {
             let store = Store::open_existing(location)
                 .await
                 .with_context(|| format!("opening store {location}"))?;
+            let warehouse = Warehouse::new(Arc::new(store), RuleParams::default())
+                .with_time_zone(crate::configured_zone()?);
             return Ok(Backend::Local {
-                warehouse: Warehouse::new(Arc::new(store), RuleParams::default())
-                    .with_time_zone(crate::configured_zone()?),
+                engine: Engine::local(warehouse, QueryConfig::default()),
             });
         }
         let Some(token) = target.token.clone() else {
@@ -157,22 +161,11 @@ impl Backend {
                     .with_context(|| format!("POST {url}"))?;
                 answer(resp).await
             }
-            Backend::Local { warehouse } => {
-                let known_at = known_at
-                    .map(|t| {
-                        parse_instant(t, warehouse.zone()).with_context(|| {
-                            format!("known_at {t:?} is not an RFC 3339 instant or a date")
-                        })
-                    })
-                    .transpose()?;
-                let snap = warehouse.snapshot_as(known_at, &Access::all()).await?;
-                let options = SQLOptions::new()
-                    .with_allow_ddl(false)
-                    .with_allow_dml(false)
-                    .with_allow_statements(false);
-                let df = snap.ctx.sql_with_options(statement, options).await?;
-                let schema = Arc::new(df.schema().as_arrow().clone());
-                let batches = df.collect().await?;
+            Backend::Local { engine } => {
+                let (schema, batches) = engine
+                    .answer_locally(statement, known_at)
+                    .await
+                    .map_err(|p| anyhow::anyhow!("{}", p.detail))?;
                 local_encode(format, &schema, &batches)
             }
         }
@@ -206,9 +199,10 @@ impl Backend {
                     .with_context(|| format!("GET {url}"))?;
                 answer(resp).await
             }
-            Backend::Local { warehouse } => {
+            Backend::Local { engine } => {
                 let given: HashMap<String, String> = params.iter().cloned().collect();
-                let (schema, batches) = warehouse
+                let (schema, batches) = engine
+                    .warehouse()
                     .run_report_with_schema(name, &given, &Access::all())
                     .await?;
                 local_encode(format, &schema, &batches)
@@ -216,8 +210,8 @@ impl Backend {
         }
     }
 
-    /// The names of the tables SQL can read (for completion and `\d`).
-    pub(crate) async fn tables(&self) -> Result<Vec<(String, Vec<String>)>> {
+    /// The tables SQL can read, with their columns (for completion and `\d`).
+    pub(crate) async fn tables(&self) -> Result<Vec<TableInfo>> {
         match self {
             Backend::Remote {
                 client,
@@ -231,51 +225,29 @@ impl Backend {
                     .send()
                     .await
                     .with_context(|| format!("GET {url}"))?;
-                let v: Value = serde_json::from_slice(&answer(resp).await?)?;
-                let list = v
-                    .get("tables")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                Ok(list
-                    .iter()
-                    .map(|t| {
-                        let cols = t["columns"]
-                            .as_array()
-                            .map(|c| {
-                                c.iter()
-                                    .filter_map(|c| c["name"].as_str().map(str::to_string))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        (t["name"].as_str().unwrap_or_default().to_string(), cols)
-                    })
-                    .collect())
-            }
-            Backend::Local { warehouse } => {
-                let snap = warehouse.snapshot_as(None, &Access::all()).await?;
-                let schema = snap
-                    .ctx
-                    .catalog("datafusion")
-                    .and_then(|c| c.schema("public"))
-                    .context("no public schema")?;
-                let mut names = schema.table_names();
-                names.sort();
-                let mut out = Vec::new();
-                for name in names {
-                    let cols = match schema.table(&name).await? {
-                        Some(t) => t
-                            .schema()
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().clone())
-                            .collect(),
-                        None => Vec::new(),
-                    };
-                    out.push((name, cols));
+                #[derive(serde::Deserialize)]
+                struct Tables {
+                    tables: Vec<TableInfo>,
                 }
-                Ok(out)
+                let body = answer(resp).await?;
+                let list: Tables = serde_json::from_slice(&body)
+                    .with_context(|| format!("reading the answer of GET {url}"))?;
+                Ok(list.tables)
             }
+            Backend::Local { engine } => {
+                let snap = engine.warehouse().snapshot_as(None, &Access::all()).await?;
+                describe_tables(&snap.ctx)
+                    .await
+                    .map_err(|p| anyhow::anyhow!("{}", p.detail))
+            }
+        }
+    }
+
+    /// Where the answers come from, for the shell's banner.
+    pub(crate) fn location(&self) -> String {
+        match self {
+            Backend::Remote { server, .. } => server.clone(),
+            Backend::Local { engine } => engine.warehouse().store().url().to_string(),
         }
     }
 }

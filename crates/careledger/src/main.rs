@@ -38,10 +38,15 @@ enum Command {
     /// the HTTP API, then print a few reports and the URLs to try next.
     Demo(DemoArgs),
     /// Run read-only SQL on a server or a local store; with no statement, an interactive shell
-    /// (history, tab completion of tables and columns).
+    /// (history, tab completion of tables and columns; `\help` lists its commands).
     Sql {
         /// The statement, e.g. "SELECT entry_reason, count(*) FROM status_episodes GROUP BY 1".
+        #[arg(conflicts_with = "file")]
         statement: Option<String>,
+        /// Run the statements and shell commands of this file (`;` ends a statement), stopping
+        /// at the first that fails.
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
         /// Ask as the warehouse knew things at this instant (RFC 3339 or a date).
         #[arg(long)]
         known_at: Option<String>,
@@ -181,6 +186,13 @@ struct ServeArgs {
     /// only if that port is free.
     #[arg(long, env = "CARELEDGER_FLIGHT_LISTEN")]
     flight_listen: Option<String>,
+    /// TLS certificate of the Flight SQL door (PEM); with --flight-tls-key. Required when
+    /// the door listens beyond loopback; clients then connect to grpc+tls://.
+    #[arg(long, env = "CARELEDGER_FLIGHT_TLS_CERT", requires = "flight_tls_key")]
+    flight_tls_cert: Option<PathBuf>,
+    /// TLS private key of the Flight SQL door (PEM).
+    #[arg(long, env = "CARELEDGER_FLIGHT_TLS_KEY", requires = "flight_tls_cert")]
+    flight_tls_key: Option<PathBuf>,
     /// Browser origins allowed to call the HTTP API (CORS), comma-separated, or `*`. Off
     /// unless given.
     #[arg(long, env = "CARELEDGER_CORS_ORIGIN")]
@@ -249,19 +261,28 @@ fn main() -> Result<()> {
             .block_on(demo::run(args)),
         Command::Sql {
             statement,
+            file,
             known_at,
             target,
             output,
         } => current_thread()?.block_on(async {
             let backend = client::Backend::connect(&target).await?;
-            match statement {
-                Some(statement) => {
-                    let body = backend
-                        .sql(&statement, known_at.as_deref(), output.wire_format()?)
-                        .await?;
-                    output.deliver(&body)
-                }
-                None => shell::run(backend, output).await,
+            if let Some(statement) = statement {
+                let body = backend
+                    .sql(&statement, known_at.as_deref(), output.wire_format()?)
+                    .await?;
+                return output.deliver(&body);
+            }
+            if !matches!(output.format.as_str(), "table" | "csv" | "json") {
+                anyhow::bail!(
+                    "--format {} answers one statement: give it as the argument",
+                    output.format
+                );
+            }
+            let mut session = shell::Session::new(backend, output, known_at).await?;
+            match file {
+                Some(path) => session.file(&path).await.map(|_| ()),
+                None => shell::run(session).await,
             }
         }),
         Command::Report {
@@ -338,6 +359,8 @@ struct ServeFile {
     pg_tls_cert: Option<PathBuf>,
     pg_tls_key: Option<PathBuf>,
     flight_listen: Option<String>,
+    flight_tls_cert: Option<PathBuf>,
+    flight_tls_key: Option<PathBuf>,
     cors_origin: Option<String>,
 }
 
@@ -433,6 +456,12 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     }
     if let Some(v) = file.flight_listen.filter(|_| unset("flight_listen")) {
         args.flight_listen = Some(v);
+    }
+    if let Some(v) = file.flight_tls_cert.filter(|_| unset("flight_tls_cert")) {
+        args.flight_tls_cert = Some(v);
+    }
+    if let Some(v) = file.flight_tls_key.filter(|_| unset("flight_tls_key")) {
+        args.flight_tls_key = Some(v);
     }
     if let Some(v) = file.cors_origin.filter(|_| unset("cors_origin")) {
         args.cors_origin = Some(v);
@@ -602,6 +631,8 @@ pub(crate) struct Running {
     /// Where the PostgreSQL and Flight SQL doors listen (None: not open).
     pg_addr: Option<std::net::SocketAddr>,
     flight_addr: Option<std::net::SocketAddr>,
+    /// Whether the Flight SQL door speaks TLS (`grpc+tls://`).
+    flight_tls: bool,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     /// This server derives the store's ledger: no other process may (held until exit; None
@@ -700,12 +731,13 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
     let flight_addr = match flight {
         Some(flight_listener) => {
             let flight_addr = flight_listener.local_addr()?;
-            if !flight_addr.ip().is_loopback() {
-                bail!(
-                    "--flight-listen {flight_addr} is reachable from other hosts, and the Flight SQL door has no TLS yet: listen on 127.0.0.1 (put a TLS proxy in front for other hosts)"
-                );
-            }
-            let door = careledger_gateway::flight::serve_flight(state.clone(), flight_listener);
+            let tls = args
+                .flight_tls_cert
+                .clone()
+                .zip(args.flight_tls_key.clone());
+            let door =
+                careledger_gateway::flight::serve_flight(state.clone(), flight_listener, tls)
+                    .map_err(anyhow::Error::msg)?;
             tokio::spawn(async move {
                 if let Err(e) = door.await {
                     tracing::error!(error = %e, "the Flight SQL door stopped");
@@ -748,6 +780,7 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
         addr,
         pg_addr,
         flight_addr,
+        flight_tls: args.flight_tls_cert.is_some(),
         tokens,
         state_dir,
         initial,
@@ -765,8 +798,9 @@ impl Running {
             println!("PostgreSQL wire: postgresql://{a} (any user name; the password is a token)");
         }
         if let Some(a) = self.flight_addr {
+            let scheme = if self.flight_tls { "grpc+tls" } else { "grpc" };
             println!(
-                "Arrow Flight SQL: grpc://{a} (bearer token, or basic auth with the token as password)"
+                "Arrow Flight SQL: {scheme}://{a} (bearer token, or basic auth with the token as password)"
             );
         }
         println!("store: {}", self.store_url);

@@ -1,11 +1,16 @@
 //! `careledger sql` with no statement: an interactive shell with history and tab completion
-//! of table names, columns and SQL keywords. Statements end with `;`; backslash commands
-//! (`\d`, `\format`, `\report`, `\q`, …) act at once.
+//! of table names, columns and SQL keywords, and `careledger sql -f FILE`. Statements end
+//! with `;`; backslash commands (`\d`, `\format`, `\x`, `\timing`, `\i`, `\o`, `\report`,
+//! `\q`, …) act at once. Answers go to standard output (or the `\o` file); the banner,
+//! timings and errors to standard error, so the answers can be piped.
 
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use careledger_gateway::query::TableInfo;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -13,8 +18,10 @@ use rustyline::hint::Hinter;
 use rustyline::history::FileHistory;
 use rustyline::validate::Validator;
 use rustyline::{Config, Editor, Helper};
+use serde_json::{Value, json};
 
 use crate::client::{Backend, Output, parse_params};
+use crate::table::{render_expanded, render_table};
 
 const KEYWORDS: &[&str] = &[
     "SELECT",
@@ -71,6 +78,10 @@ const KEYWORDS: &[&str] = &[
 const COMMANDS: &[&str] = &[
     "\\d",
     "\\format",
+    "\\i",
+    "\\o",
+    "\\timing",
+    "\\x",
     "\\known_at",
     "\\report",
     "\\reports",
@@ -201,30 +212,318 @@ fn history_path() -> Option<PathBuf> {
 
 const HELP: &str = "\
 Statements end with ';' and may span lines. Commands:
-  \\d               list the tables            \\d NAME   its columns
-  \\format FMT      table, csv or json          \\known_at T|off   ask as of an instant
-  \\reports         list the named reports      \\report NAME k=v …   run one
-  \\q               quit (or Ctrl-D)";
+  \\d               the tables                  \\d NAME   its columns, types, nullability
+  \\reports         the named reports           \\report NAME k=v …   run one
+  \\format FMT      table, csv or json          \\x [on|off]   one block per record
+  \\known_at T|off  ask as of an instant        \\timing [on|off]   time each answer
+  \\i FILE          run the statements of FILE  \\o [FILE]   answers to FILE (append), or back
+  \\q               quit (or Ctrl-D)
+Answers go to standard output; the banner, timings and errors to standard error.";
 
-/// Runs the shell until `\q` or end of input.
-pub(crate) async fn run(backend: Backend, mut output: Output) -> Result<()> {
-    let tables = backend.tables().await?;
+/// Files `\i` may open inside one another (a file that includes itself stops there).
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// What a shell holds between statements.
+pub(crate) struct Session {
+    backend: Backend,
+    output: Output,
+    tables: Vec<TableInfo>,
+    known_at: Option<String>,
+    expanded: bool,
+    timing: bool,
+    /// `\o FILE` (or `--output FILE`): answers are appended there.
+    out_file: Option<(PathBuf, std::fs::File)>,
+    depth: usize,
+}
+
+/// What a line did.
+pub(crate) enum Flow {
+    Continue,
+    Quit,
+}
+
+impl Session {
+    pub(crate) async fn new(
+        backend: Backend,
+        output: Output,
+        known_at: Option<String>,
+    ) -> Result<Session> {
+        let tables = backend.tables().await?;
+        let out_file = match &output.output {
+            Some(path) => Some((
+                path.clone(),
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            )),
+            None => None,
+        };
+        Ok(Session {
+            backend,
+            output,
+            tables,
+            known_at,
+            expanded: false,
+            timing: false,
+            out_file,
+            depth: 0,
+        })
+    }
+
+    /// Writes an answer where answers go (standard output, or the `\o` file).
+    fn emit(&mut self, text: &str) -> Result<()> {
+        match &mut self.out_file {
+            Some((path, file)) => file
+                .write_all(text.as_bytes())
+                .with_context(|| format!("writing {}", path.display())),
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Draws an answer in the session's format.
+    fn show(&mut self, body: &Bytes) -> Result<()> {
+        let text = match self.output.format.as_str() {
+            "table" => {
+                let v: Value = serde_json::from_slice(body)?;
+                if self.expanded {
+                    render_expanded(&v, usize::MAX)
+                } else {
+                    render_table(&v, usize::MAX)
+                }
+            }
+            _ => String::from_utf8_lossy(body).into_owned(),
+        };
+        self.emit(&text)
+    }
+
+    /// Runs one statement (without its `;`).
+    async fn statement(&mut self, sql: &str) -> Result<()> {
+        let started = std::time::Instant::now();
+        let body = self
+            .backend
+            .sql(sql, self.known_at.as_deref(), self.output.wire_format()?)
+            .await?;
+        self.show(&body)?;
+        if self.timing {
+            eprintln!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(())
+    }
+
+    /// Runs one backslash command.
+    async fn command(&mut self, line: &str) -> Result<Flow> {
+        let mut words = line.split_whitespace();
+        let cmd = words.next().unwrap_or_default();
+        let rest: Vec<&str> = words.collect();
+        match cmd {
+            "\\q" | "\\quit" => return Ok(Flow::Quit),
+            "\\help" | "\\?" => println!("{HELP}"),
+            "\\d" => match rest.first() {
+                None => {
+                    let v = json!({
+                        "columns": [{"name": "table"}, {"name": "columns"}, {"name": "description"}],
+                        "rows": self.tables.iter().map(|t| json!([t.name, t.columns.len(), t.description])).collect::<Vec<_>>(),
+                        "row_count": self.tables.len(),
+                    });
+                    let text = render_table(&v, usize::MAX);
+                    self.emit(&text)?;
+                }
+                Some(name) => {
+                    let Some(t) = self.tables.iter().find(|t| t.name == *name) else {
+                        bail!("no table named {name}; \\d lists them");
+                    };
+                    let v = json!({
+                        "columns": [{"name": "column"}, {"name": "type"}, {"name": "nullable"}, {"name": "description"}],
+                        "rows": t.columns.iter().map(|c| json!([
+                            c.name,
+                            c.data_type,
+                            if c.nullable { "" } else { "not null" },
+                            c.description.clone().unwrap_or_default(),
+                        ])).collect::<Vec<_>>(),
+                        "row_count": t.columns.len(),
+                    });
+                    let mut text = format!("Table \"{}\"\n", t.name);
+                    if !t.description.is_empty() {
+                        text.push_str(&format!("{}\n", t.description));
+                    }
+                    text.push_str(&render_table(&v, usize::MAX));
+                    self.emit(&text)?;
+                }
+            },
+            "\\format" => match rest.first() {
+                Some(f) if matches!(*f, "table" | "csv" | "json") => {
+                    self.output.format = f.to_string();
+                }
+                _ => bail!("\\format table|csv|json"),
+            },
+            "\\x" => {
+                self.expanded = on_off(rest.first().copied(), self.expanded, "\\x")?;
+                eprintln!(
+                    "Expanded display is {}.",
+                    if self.expanded { "on" } else { "off" }
+                );
+            }
+            "\\timing" => {
+                self.timing = on_off(rest.first().copied(), self.timing, "\\timing")?;
+                eprintln!("Timing is {}.", if self.timing { "on" } else { "off" });
+            }
+            "\\known_at" => match rest.first() {
+                Some(&"off") | None => self.known_at = None,
+                Some(t) => self.known_at = Some(t.to_string()),
+            },
+            "\\o" => match rest.first() {
+                None => self.out_file = None,
+                Some(path) => {
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .with_context(|| format!("opening {path}"))?;
+                    self.out_file = Some((PathBuf::from(path), file));
+                }
+            },
+            "\\i" | "\\include" => {
+                let Some(path) = rest.first() else {
+                    bail!("\\i FILE");
+                };
+                if self.depth >= MAX_INCLUDE_DEPTH {
+                    bail!(
+                        "\\i {path}: files include each other more than {MAX_INCLUDE_DEPTH} deep"
+                    );
+                }
+                self.depth += 1;
+                let ran = Box::pin(self.file(Path::new(path))).await;
+                self.depth -= 1;
+                return ran;
+            }
+            "\\reports" => {
+                let v = json!({
+                    "columns": [{"name": "report"}, {"name": "标题"}, {"name": "title"}, {"name": "parameters"}],
+                    "rows": careledger_warehouse::reports::catalog().iter().map(|r| json!([
+                        r.name,
+                        r.title_zh,
+                        r.title_en,
+                        r.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+                    ])).collect::<Vec<_>>(),
+                    "row_count": careledger_warehouse::reports::catalog().len(),
+                });
+                let text = render_table(&v, usize::MAX);
+                self.emit(&text)?;
+            }
+            "\\report" => {
+                let Some(name) = rest.first() else {
+                    bail!("\\report NAME k=v …");
+                };
+                let params: Vec<String> = rest[1..].iter().map(|s| s.to_string()).collect();
+                let mut params = parse_params(&params)?;
+                if let Some(k) = &self.known_at {
+                    params.push(("known_at".into(), k.clone()));
+                }
+                let started = std::time::Instant::now();
+                let body = self
+                    .backend
+                    .report(name, &params, self.output.wire_format()?)
+                    .await?;
+                self.show(&body)?;
+                if self.timing {
+                    eprintln!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            other => bail!("unknown command {other}; \\help lists them"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Takes one line of input: a backslash command (at the start of a statement) runs at
+    /// once; other lines gather in `buffer` until one ends with `;`.
+    async fn line(&mut self, line: &str, buffer: &mut String) -> Result<Flow> {
+        let trimmed = line.trim();
+        if buffer.is_empty() && trimmed.starts_with('\\') {
+            return self.command(trimmed).await;
+        }
+        if buffer.is_empty() && (trimmed.is_empty() || trimmed.starts_with("--")) {
+            return Ok(Flow::Continue);
+        }
+        if !buffer.is_empty() {
+            buffer.push('\n');
+        }
+        buffer.push_str(line);
+        if trimmed.ends_with(';') {
+            let statement = std::mem::take(buffer);
+            let sql = statement.trim().trim_end_matches(';').trim();
+            if !sql.is_empty() {
+                self.statement(sql).await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Runs the statements and commands of a file, stopping at the first that fails (the
+    /// error names the file and line). A last statement without `;` runs too.
+    pub(crate) async fn file(&mut self, path: &Path) -> Result<Flow> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut buffer = String::new();
+        let mut first_line = 1;
+        for (n, line) in text.lines().enumerate() {
+            if buffer.is_empty() {
+                first_line = n + 1;
+            }
+            match self.line(line, &mut buffer).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Quit) => return Ok(Flow::Quit),
+                Err(e) => return Err(e.context(format!("{}:{first_line}", path.display()))),
+            }
+        }
+        let rest = buffer.trim().to_string();
+        if !rest.is_empty() {
+            self.statement(rest.trim_end_matches(';'))
+                .await
+                .with_context(|| format!("{}:{first_line}", path.display()))?;
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+fn on_off(word: Option<&str>, now: bool, cmd: &str) -> Result<bool> {
+    match word {
+        None => Ok(!now),
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => bail!("{cmd} on|off, not {other:?}"),
+    }
+}
+
+/// Runs the shell until `\q` or end of input. Timing is on when a person types (standard
+/// input is a terminal), off when statements are piped in.
+pub(crate) async fn run(mut session: Session) -> Result<()> {
+    let completion: Vec<(String, Vec<String>)> = session
+        .tables
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.columns.iter().map(|c| c.name.clone()).collect(),
+            )
+        })
+        .collect();
     let mut rl: Editor<SqlHelper, FileHistory> =
         Editor::with_config(Config::builder().auto_add_history(false).build())?;
-    rl.set_helper(Some(SqlHelper::new(&tables)));
+    rl.set_helper(Some(SqlHelper::new(&completion)));
     let history = history_path();
     if let Some(h) = &history {
         let _ = rl.load_history(h);
     }
-    let where_ = match &backend {
-        Backend::Remote { server, .. } => server.clone(),
-        Backend::Local { warehouse } => warehouse.store().url().to_string(),
-    };
-    println!(
-        "careledger SQL on {where_}: {} tables; \\help for commands, \\q to quit",
-        tables.len()
+    session.timing = std::io::stdin().is_terminal();
+    eprintln!(
+        "careledger SQL on {}: {} tables; \\help for commands, \\q to quit",
+        session.backend.location(),
+        session.tables.len()
     );
-    let mut known_at: Option<String> = None;
     let mut buffer = String::new();
     loop {
         let prompt = if buffer.is_empty() {
@@ -242,92 +541,23 @@ pub(crate) async fn run(backend: Backend, mut output: Output) -> Result<()> {
             Err(e) => return Err(e.into()),
         };
         let trimmed = line.trim();
-        if buffer.is_empty() && trimmed.starts_with('\\') {
-            let _ = rl.add_history_entry(trimmed);
-            let mut words = trimmed.split_whitespace();
-            let cmd = words.next().unwrap_or_default();
-            let rest: Vec<&str> = words.collect();
-            let outcome: Result<bool> = async {
-                match cmd {
-                    "\\q" | "\\quit" => return Ok(true),
-                    "\\help" | "\\?" => println!("{HELP}"),
-                    "\\d" => match rest.first() {
-                        None => {
-                            for (t, cols) in &tables {
-                                println!("  {t}  ({} columns)", cols.len());
-                            }
-                        }
-                        Some(name) => match tables.iter().find(|(t, _)| t == name) {
-                            Some((_, cols)) => println!("  {}", cols.join(", ")),
-                            None => println!("no table named {name}"),
-                        },
-                    },
-                    "\\format" => match rest.first() {
-                        Some(f) if matches!(*f, "table" | "csv" | "json") => {
-                            output.format = f.to_string();
-                        }
-                        _ => println!("\\format table|csv|json"),
-                    },
-                    "\\known_at" => match rest.first() {
-                        Some(&"off") | None => known_at = None,
-                        Some(t) => known_at = Some(t.to_string()),
-                    },
-                    "\\reports" => {
-                        for r in careledger_warehouse::reports::catalog() {
-                            let params: Vec<&str> =
-                                r.params.iter().map(|p| p.name.as_str()).collect();
-                            println!("  {}  ({})  {}", r.name, params.join(", "), r.title_en);
-                        }
-                    }
-                    "\\report" => {
-                        let Some(name) = rest.first() else {
-                            println!("\\report NAME k=v …");
-                            return Ok(false);
-                        };
-                        let params: Vec<String> = rest[1..].iter().map(|s| s.to_string()).collect();
-                        let mut params = parse_params(&params)?;
-                        if let Some(k) = &known_at {
-                            params.push(("known_at".into(), k.clone()));
-                        }
-                        let body = backend.report(name, &params, output.wire_format()?).await?;
-                        output.deliver(&body)?;
-                    }
-                    other => println!("unknown command {other}; \\help lists them"),
-                }
-                Ok(false)
+        let ends = buffer.is_empty() && trimmed.starts_with('\\') || trimmed.ends_with(';');
+        let entry = if buffer.is_empty() {
+            trimmed.to_string()
+        } else {
+            format!("{buffer}\n{line}").trim().to_string()
+        };
+        let flow = session.line(&line, &mut buffer).await;
+        if ends {
+            let _ = rl.add_history_entry(entry);
+        }
+        match flow {
+            Ok(Flow::Quit) => break,
+            Ok(Flow::Continue) => {}
+            Err(e) => {
+                buffer.clear();
+                eprintln!("error: {e:#}");
             }
-            .await;
-            match outcome {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => eprintln!("error: {e:#}"),
-            }
-            continue;
-        }
-        if trimmed.is_empty() && buffer.is_empty() {
-            continue;
-        }
-        if !buffer.is_empty() {
-            buffer.push('\n');
-        }
-        buffer.push_str(&line);
-        if !trimmed.ends_with(';') {
-            continue;
-        }
-        let statement = std::mem::take(&mut buffer);
-        let _ = rl.add_history_entry(statement.trim());
-        let sql = statement.trim().trim_end_matches(';');
-        let started = std::time::Instant::now();
-        let result = async {
-            let body = backend
-                .sql(sql, known_at.as_deref(), output.wire_format()?)
-                .await?;
-            output.deliver(&body)
-        }
-        .await;
-        match result {
-            Ok(()) => eprintln!("({:.3} s)", started.elapsed().as_secs_f64()),
-            Err(e) => eprintln!("error: {e:#}"),
         }
     }
     if let Some(h) = &history {

@@ -322,13 +322,36 @@ fn the_shell_runs_statements_and_commands_and_keeps_history() {
     let mut server = Server::start(dir.path());
     let admin = server.token("admin");
     let history = dir.path().join("history");
-    let input = "\\d\n\
-                 SELECT count(*) AS women\n  FROM women;\n\
-                 SELECT nonsense FROM nowhere;\n\
-                 \\format csv\n\
-                 SELECT '台账' AS word, 2 AS n;\n\
-                 \\report stock as_of=2024-12-31 level=city\n\
-                 \\q\n";
+    let included = dir.path().join("included.sql");
+    std::fs::write(
+        &included,
+        "-- a comment line\nSELECT 'from the file' AS origin;\n",
+    )
+    .unwrap();
+    let saved = dir.path().join("saved.txt");
+    let input = format!(
+        "\\d\n\
+         \\d status_episodes\n\
+         SELECT count(*) AS women\n  FROM women;\n\
+         SELECT nonsense FROM nowhere;\n\
+         SELECT NULL AS nothing, '那𡌶村委会' AS village;\n\
+         \\x\n\
+         SELECT 7 AS seven, 'x' AS letter;\n\
+         \\x off\n\
+         \\timing on\n\
+         \\i {}\n\
+         \\timing off\n\
+         \\o {}\n\
+         SELECT 'kept' AS saved;\n\
+         \\o\n\
+         \\reports\n\
+         \\format csv\n\
+         SELECT '台账' AS word, 2 AS n;\n\
+         \\report stock as_of=2024-12-31 level=city\n\
+         \\q\n",
+        included.display(),
+        saved.display()
+    );
     let run = |args: &[&str]| {
         let mut child = careledger()
             .arg("sql")
@@ -351,20 +374,61 @@ fn the_shell_runs_statements_and_commands_and_keeps_history() {
         vec!["--server", server.url.as_str(), "--token", admin.as_str()],
         vec!["--store", server.data.to_str().unwrap()],
     ] {
+        let _ = std::fs::remove_file(&saved);
         let out = run(&args);
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(
-            stdout.contains("status_episodes"),
-            "\\d lists tables: {stdout}"
+            stderr.starts_with("careledger SQL on ") && !stdout.contains("careledger SQL on"),
+            "the banner goes to stderr, answers alone to stdout: {stdout}\n{stderr}"
         );
         assert!(
-            stdout.contains("women\n  -----"),
+            stdout.contains(" status_episodes ") && stdout.contains("Her stays in the ledger"),
+            "\\d lists tables with descriptions: {stdout}"
+        );
+        let described = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("start_date"))
+            .unwrap_or_else(|| panic!("\\d status_episodes: {stdout}"));
+        assert!(
+            described.contains("Date32")
+                && described.contains("not null")
+                && described.contains("First day in the ledger"),
+            "\\d NAME shows type, nullability and description: {described}"
+        );
+        assert!(
+            stdout.contains(" women\n-------"),
             "a table answer: {stdout}"
         );
         assert!(
-            stderr.contains("error:"),
-            "a bad statement is reported: {stderr}"
+            stderr.contains("error:") && stderr.contains("nowhere"),
+            "a bad statement is reported on stderr: {stderr}"
+        );
+        let null_line = stdout
+            .lines()
+            .find(|l| l.contains("那𡌶村委会"))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(null_line.contains("(null)"), "NULL is visible: {null_line}");
+        assert!(
+            stdout.contains("-[ RECORD 1 ]") && stdout.contains("seven  | 7\nletter | x\n"),
+            "\\x shows one block per record: {stdout}"
+        );
+        assert!(
+            stdout.contains(" from the file"),
+            "\\i runs the file: {stdout}"
+        );
+        assert!(
+            stderr.contains("Time: ") && !stdout.contains("Time: "),
+            "\\timing reports on stderr: {stderr}"
+        );
+        let kept = std::fs::read_to_string(&saved).unwrap();
+        assert!(
+            kept.contains(" kept") && !stdout.contains(" kept"),
+            "\\o sends answers to the file: {kept}"
+        );
+        assert!(
+            stdout.contains("台账在册人数") && stdout.contains("Stock: women in the ledger"),
+            "\\reports shows Chinese and English titles: {stdout}"
         );
         assert!(
             stdout.contains("word,n\n台账,2\n"),
@@ -377,6 +441,69 @@ fn the_shell_runs_statements_and_commands_and_keeps_history() {
     }
     let kept = std::fs::read_to_string(&history).unwrap();
     assert!(kept.contains("SELECT '台账' AS word, 2 AS n;"), "{kept}");
+    server.stop();
+}
+
+/// `careledger sql -f FILE` runs a file's statements and commands; the first that fails stops
+/// it with the file and line named and a failing exit status. A local store runs SQL under
+/// the same engine limits as the server (a query too deeply nested is refused).
+#[test]
+fn sql_runs_a_file_and_stops_at_its_first_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let admin = server.token("admin");
+    let good = dir.path().join("good.sql");
+    std::fs::write(
+        &good,
+        "\\format csv\nSELECT 1 AS one;\n\nSELECT\n  2 AS two\n;\nSELECT 3 AS three",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.sql");
+    std::fs::write(
+        &bad,
+        "SELECT 1 AS before;\nSELECT nonsense\n  FROM nowhere;\nSELECT 3 AS after;\n",
+    )
+    .unwrap();
+    let store = server.data.to_str().unwrap().to_string();
+    for target in [
+        vec!["--server", server.url.as_str(), "--token", admin.as_str()],
+        vec!["--store", store.as_str()],
+    ] {
+        let out = careledger()
+            .args(["sql", "-f", good.to_str().unwrap()])
+            .args(&target)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert_eq!(stdout, "one\n1\ntwo\n2\nthree\n3\n", "{stderr}");
+        let out = careledger()
+            .args(["sql", "-f", bad.to_str().unwrap()])
+            .args(&target)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "a failing file fails: {stdout}");
+        assert!(
+            stdout.contains("before") && !stdout.contains("after"),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains(&format!("{}:2", bad.display())) && stderr.contains("nowhere"),
+            "the error names file and line: {stderr}"
+        );
+    }
+    let deep = format!("SELECT {}1", "1 + ".repeat(600));
+    let out = careledger()
+        .args(["sql", "--store", &store, &deep])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("nests expressions more than 500 deep"),
+        "the local store applies the engine's shape limit: {stderr}"
+    );
     server.stop();
 }
 
