@@ -147,7 +147,10 @@ pub struct Append {
 #[derive(Debug)]
 pub struct Store {
     root: Url,
+    /// Per table: the loaded table readers share (a new version is loaded under its lock).
     tables: HashMap<&'static str, Mutex<DeltaTable>>,
+    /// Per table: the writer side, taken by appends and rewrites (never by readers).
+    writers: HashMap<&'static str, Mutex<Option<Appender>>>,
     /// Per table: 1 + the latest version this process has loaded or committed (0: none yet),
     /// readable without waiting for a writer or touching storage ([`Store::known_version`]).
     known: HashMap<&'static str, AtomicU64>,
@@ -261,9 +264,14 @@ impl Store {
             .keys()
             .map(|name| (*name, AtomicU64::new(0)))
             .collect();
+        let writers = tables
+            .keys()
+            .map(|name| (*name, Mutex::new(None)))
+            .collect();
         let store = Store {
             root,
             tables,
+            writers,
             known,
             writer: writer_properties(),
             txns: Mutex::default(),
@@ -325,32 +333,117 @@ impl Store {
     }
 
     /// Appends in one commit and returns the new table version. Nothing is visible if it fails.
+    ///
+    /// The cost of a commit does not grow with the table: the rows are written as Parquet
+    /// files (delta-rs's `RecordBatchWriter`, with statistics), and the commit file (the
+    /// files' `add` actions, the transactions, the metadata) is put at the next version
+    /// through the table's log store (an atomic put-if-absent, as delta-rs commits). Neither
+    /// step loads the table's file list, which delta-rs's `write` re-materialises on every
+    /// commit. Appends take the table's writer lock, not its slot: readers loading a new
+    /// version do not hold up a commit, nor a commit them. A commit that finds its version
+    /// taken by another process is put at the next free one, unless that process recorded one
+    /// of this commit's transactions (then it is a conflict, for the caller to check again).
+    /// Every [`CHECKPOINT_INTERVAL`] versions a checkpoint is written in the background.
     pub async fn append(&self, name: &str, append: Append) -> Result<u64> {
-        let slot = self.slot(name)?;
-        let mut guard = slot.lock().await;
-        let schema = guard.snapshot()?.snapshot().arrow_schema();
+        use deltalake::kernel::Action;
+        use deltalake::kernel::transaction::{CommitData, TransactionError};
+        use deltalake::logstore::CommitOrBytes;
+        use deltalake::writer::DeltaWriter as _;
+        let mut writer = self.writer_of(name)?.lock().await;
+        if writer.is_none() {
+            let table = self.slot(name)?.lock().await.clone();
+            let schema = table.snapshot()?.snapshot().arrow_schema();
+            let version = table.version().unwrap_or_default();
+            *writer = Some(Appender {
+                table,
+                schema,
+                version,
+            });
+        }
+        let app = writer.as_mut().expect("set above");
         let batches: Vec<RecordBatch> = append
             .batches
             .into_iter()
             .filter(|b| b.num_rows() > 0)
-            .map(|b| conform(&b, &schema))
+            .map(|b| conform(&b, &app.schema))
             .collect::<Result<_>>()?;
-        let props = commit_properties(append.txns, append.metadata);
-        let table = guard.clone();
-        let written = if batches.is_empty() {
-            // A commit with no rows still records its transactions and metadata.
-            let empty = RecordBatch::new_empty(schema.clone());
-            table.write(vec![empty])
-        } else {
-            table.write(batches)
+        let mut actions = Vec::new();
+        if !batches.is_empty() {
+            let mut files = deltalake::writer::RecordBatchWriter::for_table(&app.table)?
+                .with_writer_properties(self.writer.clone());
+            for b in batches {
+                files.write(b).await?;
+            }
+            actions.extend(files.flush().await?.into_iter().map(Action::Add));
         }
-        .with_writer_properties(self.writer.clone())
-        .with_target_file_size(None)
-        .with_commit_properties(props)
-        .await?;
-        let version = written.version().expect("a committed table has a version");
-        self.install(name, &mut guard, written);
+        let mine: std::collections::HashSet<String> =
+            append.txns.iter().map(|(app, _)| app.clone()).collect();
+        let txns = append
+            .txns
+            .into_iter()
+            .map(|(app, v)| Transaction::new(app, v))
+            .collect();
+        let operation = deltalake::protocol::DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        let bytes = CommitData::new(
+            actions,
+            operation,
+            append.metadata.into_iter().collect(),
+            txns,
+        )
+        .get_bytes()
+        .map_err(deltalake::DeltaTableError::from)?;
+        let log_store = app.table.log_store();
+        let mut version = app.version + 1;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let entry = CommitOrBytes::LogBytes(bytes.clone());
+            match log_store
+                .write_commit_entry(version, entry, uuid::Uuid::new_v4())
+                .await
+            {
+                Ok(()) => break,
+                Err(TransactionError::VersionAlreadyExists(_)) if attempts < COMMIT_ATTEMPTS => {
+                    // Another process committed meanwhile: a blind append goes after it,
+                    // unless it recorded one of this commit's transactions.
+                    let latest = log_store.get_latest_version(version).await?;
+                    for v in version..=latest {
+                        let mut apps = HashMap::new();
+                        if let Some(commit) = log_store.read_commit_entry(v).await? {
+                            read_txn_actions(&commit, &mut apps).map_err(|e| {
+                                deltalake::DeltaTableError::Generic(format!(
+                                    "reading commit {v} of {name}: {e}"
+                                ))
+                            })?;
+                        }
+                        if apps.keys().any(|a| mine.contains(a)) {
+                            return Err(deltalake::DeltaTableError::VersionAlreadyExists(v).into());
+                        }
+                    }
+                    version = latest + 1;
+                }
+                Err(e) => return Err(deltalake::DeltaTableError::from(e).into()),
+            }
+        }
+        app.version = version;
+        if let Some(known) = self.known.get(name) {
+            known.fetch_max(version + 1, Ordering::AcqRel);
+        }
+        if (version + 1).is_multiple_of(CHECKPOINT_INTERVAL) {
+            checkpoint_later(name, version, log_store);
+        }
         Ok(version)
+    }
+
+    /// The writer side of `name`: appends and rewrites take it in turn.
+    fn writer_of(&self, name: &str) -> Result<&Mutex<Option<Appender>>> {
+        self.writers
+            .get(name)
+            .ok_or_else(|| StoreError::UnknownTable(name.to_string()))
     }
 
     /// Reloads the latest version of a table (another process may have committed).
@@ -359,9 +452,20 @@ impl Store {
         Ok(guard.clone())
     }
 
-    /// The loaded table (a cheap clone of the current snapshot handle).
+    /// The loaded table (a cheap clone of the current snapshot handle), brought up to the
+    /// latest version this process committed (appends do not load it themselves).
     pub async fn table(&self, name: &str) -> Result<DeltaTable> {
-        Ok(self.slot(name)?.lock().await.clone())
+        let mut guard = self.slot(name)?.lock().await;
+        let behind = match (guard.version(), self.known_version(name)) {
+            (Some(v), Some(known)) => v < known,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if behind {
+            guard.update_state().await?;
+            self.note(name, &guard);
+        }
+        Ok(guard.clone())
     }
 
     /// Latest version of the application transaction `app_id` in `name`, after a refresh.
@@ -462,6 +566,9 @@ impl Store {
         predicate: &str,
         txns: Vec<(String, i64)>,
     ) -> Result<u64> {
+        // Rewrites and appends take turns; the next append starts from this version.
+        let mut writer = self.writer_of(name)?.lock().await;
+        *writer = None;
         let mut guard = self.latest(name).await?;
         let props = commit_properties(txns, Vec::new());
         let (table, _metrics) = guard
@@ -479,6 +586,9 @@ impl Store {
     /// Replaces every row of `name` by `append`'s rows in one commit (with its transactions
     /// and metadata); readers of older versions are unaffected.
     pub async fn overwrite(&self, name: &str, append: Append) -> Result<u64> {
+        // Rewrites and appends take turns; the next append starts from this version.
+        let mut writer = self.writer_of(name)?.lock().await;
+        *writer = None;
         let mut guard = self.latest(name).await?;
         let schema = guard.snapshot()?.snapshot().arrow_schema();
         let mut batches: Vec<RecordBatch> = append
@@ -513,6 +623,9 @@ impl Store {
         session: Arc<dyn datafusion::catalog::Session>,
         txns: Vec<(String, i64)>,
     ) -> Result<u64> {
+        // Rewrites and appends take turns; the next append starts from this version.
+        let mut writer = self.writer_of(name)?.lock().await;
+        *writer = None;
         let mut guard = self.latest(name).await?;
         let props = commit_properties(txns, Vec::new());
         let written = guard
@@ -541,6 +654,42 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Versions between checkpoints (delta-rs's default `checkpointInterval`).
+pub const CHECKPOINT_INTERVAL: u64 = 100;
+
+/// Tries at putting an append's commit file before giving up (each after another process
+/// took the version).
+const COMMIT_ATTEMPTS: usize = 16;
+
+/// What appends to one table keep between commits: a handle for its metadata, object store
+/// and log store (its file list is never loaded here), its Arrow schema, and the last version
+/// this process committed. Dropped (and taken again from the table's slot) after a rewrite.
+#[derive(Debug)]
+struct Appender {
+    table: DeltaTable,
+    schema: SchemaRef,
+    version: u64,
+}
+
+/// Writes a checkpoint of `name` at `version` in the background: readers and restarts replay
+/// at most [`CHECKPOINT_INTERVAL`] commit files after it. It reads the file list (the one step
+/// whose cost grows with the table), off every sender's path. A failure is logged; the next
+/// interval tries again.
+fn checkpoint_later(name: &str, version: u64, log_store: deltalake::logstore::LogStoreRef) {
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let mut table = DeltaTable::new(log_store);
+        let done = async {
+            table.load_version(version).await?;
+            deltalake::checkpoints::create_checkpoint(&table, None).await
+        }
+        .await;
+        if let Err(e) = done {
+            tracing::warn!(table = %name, version, error = %e, "writing a checkpoint failed");
+        }
+    });
 }
 
 /// Commit properties with application transactions `txns` and commit metadata.

@@ -1,5 +1,7 @@
 //! Store tests: creation, additive schema evolution, refusal of unknown columns, memory://.
 
+mod commit_cost;
+
 use arrow_array::RecordBatch;
 use arrow_schema::{Field, Schema};
 use careledger_model::Table;
