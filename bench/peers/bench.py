@@ -218,7 +218,8 @@ def careledger_ingest(binary, work, batches, senders, label):
     random.Random(7).shuffle(order)
     feed = iter(order)
     lock = threading.Lock()
-    stats = {"accepted": 0, "rejected_rows": 0, "bytes": 0, "failed": 0, "lat": [], "statuses": {}}
+    stats = {"accepted": 0, "rejected_rows": 0, "bytes": 0, "failed": 0, "lat": [], "statuses": {},
+             "done": []}
 
     def worker():
         conn, fds = server.conn(), {}
@@ -234,6 +235,7 @@ def careledger_ingest(binary, work, batches, senders, label):
             lat = time.perf_counter() - t0
             with lock:
                 stats["lat"].append(lat)
+                stats["done"].append((time.perf_counter(), _rows))
                 stats["bytes"] += len(body)
                 stats["statuses"][status] = stats["statuses"].get(status, 0) + 1
                 if 200 <= status < 300:
@@ -256,6 +258,24 @@ def careledger_ingest(binary, work, batches, senders, label):
     wall = time.perf_counter() - t0
     server.stop()
     rows = stats["accepted"] + stats["rejected_rows"]
+    # The rate of the first and of the last tenth of the batches (by acknowledgement time):
+    # a commit that costs more as the table grows shows as a last tenth slower than the first.
+    done = sorted(stats["done"])
+    tenth = max(1, len(done) // 10)
+
+    def rate(part, since):
+        return sum(r for _, r in part) / max(part[-1][0] - since, 1e-9)
+
+    first_rate = rate(done[:tenth], t0) if done else 0.0
+    last_rate = rate(done[-tenth:], done[-tenth - 1][0]) if len(done) > tenth else first_rate
+    # Parquet files each table holds after the load (no `maintain` ran).
+    files = {}
+    for root, _dirs, names in os.walk(store):
+        if "_delta_log" in root:
+            continue
+        n = sum(1 for f in names if f.endswith(".parquet"))
+        if n:
+            files[os.path.relpath(root, store)] = n
     return {
         "senders": senders, "batches": len(batches), "rows_sent": rows,
         "rows_accepted": stats["accepted"], "rows_rejected": stats["rejected_rows"],
@@ -263,6 +283,8 @@ def careledger_ingest(binary, work, batches, senders, label):
         "seconds": wall, "rows_per_s": rows / wall, "mb_per_s": stats["bytes"] / wall / 1e6,
         "ack_p50_ms": pct(stats["lat"], 50) * 1000, "ack_p99_ms": pct(stats["lat"], 99) * 1000,
         "peak_rss_mib": server.peak_rss_kib / 1024, "store": store,
+        "first_tenth_rows_per_s": first_rate, "last_tenth_rows_per_s": last_rate,
+        "parquet_files": files,
     }
 
 
@@ -769,6 +791,13 @@ def run_scale(args, women, pg):
     log(f"careledger small batches: 100 rows at {args.small_rate}/s for {args.small_seconds} s")
     res["small"] = careledger_small(args.bin, work, small, args.small_rate, args.small_seconds)
     log(f"  {res['small']}")
+    if args.ingest_only:
+        out = os.path.join(args.results, f"ingest-{women}.json")
+        os.makedirs(args.results, exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(res, f, indent=1)
+        log(f"ingest figures written to {out} (no peers, no reports: --ingest-only)")
+        return None
 
     log("DuckDB: NDJSON to Parquet")
     res["duckdb_convert"] = duckdb_convert(sim, os.path.join(work, "duckdb-parquet"))
@@ -891,6 +920,25 @@ def render(results_dir, out_path):
             f"{f_rate(d['rows_per_s'])} rows/s, {d['mb_per_s']:.1f} MB/s ({d['seconds']:.1f} s); careledger's best ÷ DuckDB = "
             f"{best['rows_per_s'] / d['rows_per_s']:.2f}. Batches that failed in careledger's runs: {failed}; "
             f"rows rejected by validation: {f_n(r['ingest'][0].get('rows_rejected'))} per run.",
+        ]
+        tenths = [i for i in r["ingest"] if "first_tenth_rows_per_s" in i]
+        if tenths:
+            lines += [
+                "",
+                "Does a commit cost more as the table grows? The rate of the first and the last tenth of "
+                "the batches (by acknowledgement), and the Parquet files the pushed tables hold after the "
+                "load (no `maintain` ran):",
+                "",
+                "| senders | first tenth rows/s | last tenth rows/s | last ÷ first | Parquet files per table |",
+                "|---:|---:|---:|---:|---|",
+            ]
+            for i in tenths:
+                fl = ", ".join(f"{t} {n}" for t, n in sorted(i.get("parquet_files", {}).items()) if "/" not in t)
+                lines.append(
+                    f"| {i['senders']} | {f_rate(i['first_tenth_rows_per_s'])} | {f_rate(i['last_tenth_rows_per_s'])} | "
+                    f"{i['last_tenth_rows_per_s'] / max(i['first_tenth_rows_per_s'], 1e-9):.2f} | {fl} |"
+                )
+        lines += [
             "",
             "### Small batches: 100 rows at a steady rate",
             "",
@@ -965,6 +1013,7 @@ def main():
     ap.add_argument("--render", action="store_true", help="only write BENCHMARKS.md from the results")
     ap.add_argument("--query-memory-mib", type=int, default=20000, help="serve --query-memory-mib (and --query-timeout-s 600) for the report servers: 1M women need more than the 2 GiB default")
     ap.add_argument("--cold-reports", type=int, default=1000, help="time only the first N reports cold (each cold run derives the status of every woman again)")
+    ap.add_argument("--ingest-only", action="store_true", help="careledger's ingest runs and small batches only (no peers, no reports), written to <results>/ingest-<women>.json; BENCHMARKS.md is not touched")
     ap.add_argument("--resume", default=None, help="reports only: a results file holding this scale's ingest figures; the store is <work>/w<women>/store-s<max senders>")
     args = ap.parse_args()
     if args.render:
@@ -976,6 +1025,10 @@ def main():
         MEMORY = ("--query-memory-mib", str(args.query_memory_mib), "--query-timeout-s", "600")
     os.makedirs(args.work, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)
+    if args.ingest_only:
+        for women in args.women:
+            run_scale(args, women, None)
+        return
     pg = Postgres(os.path.join(args.work, "pg"), args.pg_port)
     try:
         for women in args.women:

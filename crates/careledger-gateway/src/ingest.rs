@@ -302,7 +302,7 @@ pub async fn ingest(
         Admission::Duplicate(r) => return Ok((StatusCode::OK, Json(*r)).into_response()),
         Admission::Fresh { seq_gap } => seq_gap,
     };
-    let mut receipt = Receipt {
+    let receipt = Receipt {
         batch_id: uuid::Uuid::now_v7().to_string(),
         table: table.as_str().to_string(),
         source: source.clone(),
@@ -324,15 +324,27 @@ pub async fn ingest(
         received_at,
         committed_at: None,
     };
-    let prepared = prepare(
-        &state,
-        table,
-        (source, principal.scope.as_deref()),
-        format,
-        &bytes,
-        &mut receipt,
-        error_cap,
-    );
+    // Decoding, validation and pseudonymisation of up to the body limit are CPU work: they
+    // run on the blocking pool, so the async workers keep answering other requests meanwhile.
+    let (prepared, mut receipt) = {
+        let state = state.clone();
+        let sender = (source.to_string(), principal.scope.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut receipt = receipt;
+            let prepared = prepare(
+                &state,
+                table,
+                (sender.0.as_str(), sender.1.as_deref()),
+                format,
+                &bytes,
+                &mut receipt,
+                error_cap,
+            );
+            (prepared, receipt)
+        })
+        .await
+        .map_err(|e| Problem::internal("decoding the body", &e))?
+    };
     let (stored, rejects) = match prepared {
         Ok(x) => x,
         Err(p) => {

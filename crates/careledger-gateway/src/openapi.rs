@@ -326,6 +326,22 @@ fn format_param() -> Value {
     )
 }
 
+/// `bom=` and `charset=`: how a CSV answer is written (refused with other formats).
+fn csv_params() -> [Value; 2] {
+    [
+        query_param(
+            "bom",
+            "format=csv only: a UTF-8 byte order mark first, so Excel reads UTF-8 (Chinese text is not garbled).",
+            json!({"type": "string", "enum": ["true", "false"]}),
+        ),
+        query_param(
+            "charset",
+            "format=csv only: utf-8 (default) or gb18030, the code page Excel uses on Chinese-locale Windows (also `Accept: text/csv; charset=gb18030`).",
+            json!({"type": "string", "enum": ["utf-8", "gb18030"]}),
+        ),
+    ]
+}
+
 fn wait_for_param() -> Value {
     query_param(
         "wait_for",
@@ -373,6 +389,7 @@ fn report_operation(r: &ReportSpec) -> Value {
         parameters.push(known_at_param());
     }
     parameters.push(format_param());
+    parameters.extend(csv_params());
     parameters.push(wait_for_param());
     parameters.push(json!({"name": "If-None-Match", "in": "header", "description": "The ETag of an earlier answer: 304 when the answer has not changed.", "schema": {"type": "string"}}));
     let audience = match r.audience.as_deref() {
@@ -462,11 +479,13 @@ pub fn document() -> Value {
                 parameters.push(known_at_param());
                 parameters.push(wait_for_param());
                 parameters.push(format_param());
+                parameters.extend(csv_params());
                 answer_ok("The query's answer.")
             }
             "/v1/sql" => {
                 op["requestBody"] = json!({"required": true, "content": content("application/json", json!({"$ref": "#/components/schemas/SqlRequest"}))});
                 parameters.push(format_param());
+                parameters.extend(csv_params());
                 answer_ok("The query's answer.")
             }
             "/v1/reports" => json_ok("The reports the caller may run.", "ReportList"),

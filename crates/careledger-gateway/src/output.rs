@@ -432,12 +432,182 @@ impl StreamEncoder {
     }
 }
 
+/// How a CSV answer is written for the program that opens it: `bom=true` puts a UTF-8 byte
+/// order mark first (Excel then reads UTF-8 instead of the system code page, and 南宁市 is not
+/// shown as mojibake); `charset=gb18030` (or `Accept: text/csv; charset=gb18030`) writes
+/// GB18030, the code page of Chinese-locale Windows, which Excel reads without a mark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CsvText {
+    pub bom: bool,
+    pub gb18030: bool,
+}
+
+impl CsvText {
+    /// From `bom=` and `charset=` (they win) or the `Accept` header's charset. Either one
+    /// with another format than CSV is refused, as is a BOM on GB18030 (it takes none).
+    pub fn choose(
+        format: Format,
+        bom: Option<&str>,
+        charset: Option<&str>,
+        accept: Option<&str>,
+    ) -> Result<CsvText, Problem> {
+        let bom = match bom {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(Problem::bad_request(
+                    "bad-parameter",
+                    format!("bom={other}: use bom=true or bom=false"),
+                ));
+            }
+        };
+        let from_accept = accept.and_then(|a| {
+            a.split(',').find_map(|part| {
+                let mut it = part.split(';');
+                (it.next()?.trim() == "text/csv").then_some(())?;
+                it.find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    (k.trim().eq_ignore_ascii_case("charset"))
+                        .then(|| v.trim().trim_matches('"').to_string())
+                })
+            })
+        });
+        let named = charset.is_some();
+        let charset = charset.map(str::to_string).or(from_accept);
+        let gb18030 = match charset.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("utf-8") | Some("utf8") => false,
+            Some("gb18030") => true,
+            Some(other) => {
+                return Err(Problem::bad_request(
+                    "bad-parameter",
+                    format!("charset={other}: CSV is written in utf-8 or gb18030"),
+                ));
+            }
+        };
+        if format != Format::Csv && (bom || (named && gb18030)) {
+            return Err(Problem::bad_request(
+                "bad-parameter",
+                format!(
+                    "bom and charset apply to format=csv, not format={}",
+                    format.as_str()
+                ),
+            ));
+        }
+        if bom && gb18030 {
+            return Err(Problem::bad_request(
+                "bad-parameter",
+                "bom=true is for UTF-8: a GB18030 file takes no byte order mark (Excel on Chinese-locale Windows reads GB18030 as it is)",
+            ));
+        }
+        Ok(CsvText { bom, gb18030 })
+    }
+
+    pub fn content_type(self, format: Format) -> &'static str {
+        match (format, self.gb18030) {
+            (Format::Csv, true) => "text/csv; charset=gb18030",
+            _ => format.content_type(),
+        }
+    }
+
+    /// What the ETag and cache must tell apart.
+    pub fn key(self) -> &'static str {
+        match (self.bom, self.gb18030) {
+            (false, false) => "",
+            (true, _) => "bom",
+            (false, true) => "gb18030",
+        }
+    }
+
+    /// A piece of UTF-8 CSV (whole rows) as it is sent: transcoded, and with the mark first.
+    pub fn apply(self, first: bool, bytes: Bytes) -> Bytes {
+        if !self.bom && !self.gb18030 {
+            return bytes;
+        }
+        let mut out = Vec::with_capacity(bytes.len() + 3);
+        if self.bom && first {
+            out.extend_from_slice("\u{feff}".as_bytes());
+        }
+        if self.gb18030 {
+            let text = String::from_utf8_lossy(&bytes);
+            let (encoded, _, _) = encoding_rs::GB18030.encode(&text);
+            out.extend_from_slice(&encoded);
+        } else {
+            out.extend_from_slice(&bytes);
+        }
+        Bytes::from(out)
+    }
+}
+
+/// `Content-Disposition` for a file answer (CSV, Arrow, Parquet): a download named `base`
+/// (kept to letters, digits, `.`, `-`, `_`, `=`) with the format's extension. None for JSON.
+pub fn attachment(format: Format, base: &str) -> Option<axum::http::HeaderValue> {
+    if format == Format::Json {
+        return None;
+    }
+    let clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '=') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(150)
+        .collect();
+    axum::http::HeaderValue::from_str(&format!(
+        "attachment; filename=\"{clean}.{}\"",
+        format.as_str()
+    ))
+    .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// `SELECT NULL AS x` gives a column of type Null, which has no null buffer: its cells
     /// are still JSON nulls, not empty strings.
+    #[test]
+    fn csv_text_marks_transcodes_and_refuses_what_does_not_fit() {
+        let utf8 = Bytes::from("region_name,women\n南宁市,12\n");
+        let plain = CsvText::choose(Format::Csv, None, None, None).unwrap();
+        assert_eq!(plain.apply(true, utf8.clone()), utf8);
+        let bom = CsvText::choose(Format::Csv, Some("true"), None, None).unwrap();
+        assert_eq!(&bom.apply(true, utf8.clone())[..3], b"\xef\xbb\xbf");
+        assert_eq!(bom.apply(false, utf8.clone()), utf8, "the mark only once");
+        let gb =
+            CsvText::choose(Format::Csv, None, None, Some("text/csv; charset=GB18030")).unwrap();
+        assert!(gb.gb18030);
+        assert_eq!(gb.content_type(Format::Csv), "text/csv; charset=gb18030");
+        let bytes = gb.apply(true, utf8.clone());
+        let (back, _, bad) = encoding_rs::GB18030.decode(&bytes);
+        assert!(!bad);
+        assert_eq!(back, "region_name,women\n南宁市,12\n");
+        assert_eq!(
+            &bytes[18..24],
+            &[0xc4, 0xcf, 0xc4, 0xfe, 0xca, 0xd0],
+            "南宁市 in GB18030"
+        );
+        for (format, bom, charset) in [
+            (Format::Json, Some("true"), None),
+            (Format::Parquet, None, Some("gb18030")),
+            (Format::Csv, Some("true"), Some("gb18030")),
+            (Format::Csv, Some("yes"), None),
+            (Format::Csv, None, Some("big5")),
+        ] {
+            assert!(
+                CsvText::choose(format, bom, charset, None).is_err(),
+                "{format:?} {bom:?} {charset:?}"
+            );
+        }
+        assert_eq!(
+            attachment(Format::Csv, "stock_as_of=2024-12-31_level=城市").unwrap(),
+            "attachment; filename=\"stock_as_of=2024-12-31_level=__.csv\""
+        );
+        assert!(attachment(Format::Json, "x").is_none());
+    }
+
     #[test]
     fn a_column_of_type_null_is_null_in_json() {
         let col: ArrayRef = Arc::new(arrow_array::NullArray::new(2));

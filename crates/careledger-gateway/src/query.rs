@@ -27,7 +27,7 @@ use crate::engine::{
     self, Door, Ran, Want, access_of, datafusion_problem, forbid, known_at_of, query_problem,
     query_runtime, timeout_problem,
 };
-use crate::output::{Format, concat, encode};
+use crate::output::{CsvText, Format, concat, encode};
 use crate::problem::Problem;
 
 /// Query limits and disclosure settings.
@@ -138,12 +138,13 @@ pub struct SqlRequest {
     pub wait_for: Option<String>,
 }
 
-/// `format=` and `wait_for=` beside the report parameters (`known_at` is one of them).
+/// `format=`, `wait_for=`, `bom=` and `charset=` beside the report parameters (`known_at` is
+/// one of them).
 fn split_query(q: &HashMap<String, String>) -> (Option<String>, HashMap<String, String>) {
     let format = q.get("format").cloned();
     let params = q
         .iter()
-        .filter(|(k, _)| k.as_str() != "format" && k.as_str() != "wait_for")
+        .filter(|(k, _)| !matches!(k.as_str(), "format" | "wait_for" | "bom" | "charset"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     (format, params)
@@ -227,13 +228,23 @@ pub(crate) async fn wait_if_asked(state: &AppState, wait_for: Option<&str>) -> R
     ))
 }
 
-fn respond(format: Format, body: Bytes, etag: Option<&str>, accept: &HeaderMap) -> Response {
+/// A whole answer: its media type (CSV's charset as asked), a download name for file
+/// formats, the ETag, and compression as the client accepts.
+fn respond(
+    (format, csv, name): (Format, CsvText, &str),
+    body: Bytes,
+    etag: Option<&str>,
+    accept: &HeaderMap,
+) -> Response {
     let (body, encoding) = compress_for(accept, body);
     let mut resp = (StatusCode::OK, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
+        HeaderValue::from_static(csv.content_type(format)),
     );
+    if let Some(v) = crate::output::attachment(format, name) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
     resp.headers_mut()
         .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     if let Some(e) = encoding {
@@ -354,9 +365,13 @@ async fn answer_sql(
     req: SqlRequest,
     started: Instant,
 ) -> Result<Response, Problem> {
-    let format = Format::choose(
-        q.get("format").map(String::as_str),
-        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::choose(q.get("format").map(String::as_str), accept)?;
+    let csv = CsvText::choose(
+        format,
+        q.get("bom").map(String::as_str),
+        q.get("charset").map(String::as_str),
+        accept,
     )?;
     let known_at = known_at_of(&state.engine, req.known_at.as_deref())?;
     wait_if_asked(
@@ -399,7 +414,7 @@ async fn answer_sql(
         Ran::Stream(stream, running) => {
             let schema = stream.schema();
             let batches = engine::pump(state.engine.clone(), stream, running, audit, started);
-            stream_response(format, &schema, batches)?
+            stream_response(format, csv, &schema, batches)?
         }
         Ran::Whole(schema, batches) => {
             let encoded = concat(&schema, &batches).and_then(|batch| {
@@ -413,7 +428,12 @@ async fn answer_sql(
                 Ok((batch.num_rows(), bytes))
             });
             audit.finish(encoded.as_ref().map(|(rows, _)| *rows));
-            respond(format, encoded?.1, None, &headers)
+            respond(
+                (format, csv, "careledger-sql"),
+                csv.apply(true, encoded?.1),
+                None,
+                &headers,
+            )
         }
         Ran::Described(..) => return Err(Problem::internal("the query", &"planned only")),
     };
@@ -425,35 +445,40 @@ async fn answer_sql(
 /// can only cut the body short (the status is already sent).
 fn stream_response(
     format: Format,
+    csv: CsvText,
     schema: &SchemaRef,
     batches: engine::Batches,
 ) -> Result<Response, Problem> {
     let encoder = crate::output::StreamEncoder::new(format, schema)?;
     let body = futures::stream::unfold(
-        (batches, Some(encoder)),
-        |(mut batches, encoder)| async move {
+        (batches, Some(encoder), true),
+        move |(mut batches, encoder, first)| async move {
             let mut encoder = encoder?;
             let item = match futures::StreamExt::next(&mut batches).await {
                 Some(Ok(batch)) => encoder.batch(&batch),
                 None => {
-                    let last = encoder.finish();
-                    return Some((last.map_err(cut), (batches, None)));
+                    let last = encoder.finish().map(|b| csv.apply(first, b));
+                    return Some((last.map_err(cut), (batches, None, false)));
                 }
                 Some(Err(e)) => Err(e),
             };
             match item {
-                Ok(bytes) => Some((Ok(bytes), (batches, Some(encoder)))),
+                Ok(bytes) if bytes.is_empty() => Some((Ok(bytes), (batches, Some(encoder), first))),
+                Ok(bytes) => Some((Ok(csv.apply(first, bytes)), (batches, Some(encoder), false))),
                 // Cut the body with an error (not a clean end a client could take for the
                 // whole result).
-                Err(e) => Some((Err(cut(e)), (batches, None))),
+                Err(e) => Some((Err(cut(e)), (batches, None, false))),
             }
         },
     );
     let mut resp = (StatusCode::OK, axum::body::Body::from_stream(body)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
+        HeaderValue::from_static(csv.content_type(format)),
     );
+    if let Some(v) = crate::output::attachment(format, "careledger-sql") {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
     Ok(resp)
 }
 
@@ -497,9 +522,13 @@ pub async fn run_report(
         ));
     }
     let (format_param, params) = split_query(&q);
-    let format = Format::choose(
-        format_param.as_deref(),
-        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::choose(format_param.as_deref(), accept)?;
+    let csv = CsvText::choose(
+        format,
+        q.get("bom").map(String::as_str),
+        q.get("charset").map(String::as_str),
+        accept,
     )?;
     reports::bind(spec, &params, state.warehouse.zone()).map_err(query_problem)?;
     // Checked again where the report runs; here so a refusal comes before ETag and cache.
@@ -536,11 +565,16 @@ pub async fn run_report(
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&json!({
         "report": name, "params": sorted, "role": p.role.as_string(), "scope": p.scope,
-        "format": format.as_str(), "versions": versions, "rule": state.warehouse.rule().rule_version(),
+        "format": format.as_str(), "csv": csv.key(), "versions": versions, "rule": state.warehouse.rule().rule_version(),
         "derived": [derived.cycle, derived.floor],
         "k": state.query.disclosure_k,
     })).expect("json"));
     let etag = format!("\"{}\"", hex::encode(&h.finalize()[..16]));
+    // The download's name: the report and its parameters (`stock_as_of=2024-12-31_level=county`).
+    let download = std::iter::once(name.clone())
+        .chain(sorted.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join("_");
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -555,7 +589,7 @@ pub async fn run_report(
     }
     if let Some(body) = state.cache.get(&etag) {
         state.metrics.cache_hit();
-        let mut resp = respond(format, body, Some(&etag), &headers);
+        let mut resp = respond((format, csv, &download), body, Some(&etag), &headers);
         freshness_headers(&mut resp, &derived);
         return Ok(resp);
     }
@@ -611,10 +645,11 @@ pub async fn run_report(
     ));
     state.metrics.query(started.elapsed());
     let (_, bytes) = outcome?;
+    let bytes = csv.apply(true, bytes);
     state
         .cache
         .put(etag.clone(), bytes.clone(), state.query.cache_entries);
-    let mut resp = respond(format, bytes, Some(&etag), &headers);
+    let mut resp = respond((format, csv, &download), bytes, Some(&etag), &headers);
     freshness_headers(&mut resp, &derived);
     Ok(resp)
 }

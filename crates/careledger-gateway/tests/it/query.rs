@@ -872,3 +872,87 @@ async fn report_calls_stay_inside_their_own_query() {
         json_of(&b)
     );
 }
+
+/// CSV for Excel on a Chinese-locale Windows: `bom=true` marks UTF-8, `charset=gb18030` (or
+/// the `Accept` header's charset) writes the code page Excel reads by default; both decode to
+/// the plain answer, the report's download is named after it and its parameters, the ETag
+/// tells the variants apart, and the options are refused with another format. A streamed SQL
+/// answer gets the mark once, and is transcoded whole.
+#[tokio::test]
+async fn csv_downloads_open_in_excel_on_a_chinese_windows() {
+    let (h, t) = seeded(GatewayConfig::default()).await;
+    let admin = &t["admin"];
+    let path = "/v1/reports/stock?as_of=2024-06-30&level=county&format=csv";
+    let (s, plain_h, plain) = get(&h, admin, path, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{}", json_of(&plain));
+    let text = std::str::from_utf8(&plain).unwrap();
+    assert!(text.starts_with("region_code,region_name,women"), "{text}");
+    assert!(text.contains("隆安县"), "{text}");
+    assert_eq!(
+        plain_h["content-disposition"],
+        "attachment; filename=\"stock_as_of=2024-06-30_level=county.csv\""
+    );
+
+    let (s, bom_h, bom) = get(&h, admin, &format!("{path}&bom=true"), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(&bom[..3], b"\xef\xbb\xbf");
+    assert_eq!(&bom[3..], &plain[..]);
+    assert_ne!(
+        bom_h["etag"], plain_h["etag"],
+        "the variants are cached apart"
+    );
+
+    for (query, accept) in [
+        (format!("{path}&charset=gb18030"), None),
+        (path.to_string(), Some("text/csv; charset=gb18030")),
+    ] {
+        let extra: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
+        let (s, gb_h, gb) = get(&h, admin, &query, &extra).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(gb_h["content-type"], "text/csv; charset=gb18030");
+        assert!(std::str::from_utf8(&gb).is_err(), "not UTF-8 any more");
+        let (back, _, bad) = encoding_rs::GB18030.decode(&gb);
+        assert!(!bad);
+        assert_eq!(back, text, "GB18030 decodes to the same answer");
+    }
+
+    let (s, _, body) = get(
+        &h,
+        admin,
+        "/v1/reports/stock?as_of=2024-06-30&format=json&bom=true",
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(json_of(&body)["detail"].as_str().unwrap().contains("bom"));
+
+    // A streamed SQL answer: the mark once, then the rows.
+    let q = "SELECT name FROM regions WHERE code LIKE '4501%' ORDER BY code";
+    let req = Request::post("/v1/sql?format=csv&bom=true")
+        .header("authorization", format!("Bearer {admin}"))
+        .header("content-type", "application/json")
+        .body(Body::from(json!({"sql": q}).to_string()))
+        .unwrap();
+    let (s, sh, body) = call(&h, req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        sh["content-disposition"],
+        "attachment; filename=\"careledger-sql.csv\""
+    );
+    assert_eq!(&body[..3], b"\xef\xbb\xbf");
+    let rest = std::str::from_utf8(&body[3..]).unwrap();
+    assert!(
+        rest.starts_with("name\n南宁市\n") && !rest.contains('\u{feff}'),
+        "{rest}"
+    );
+    let (_, _, plain_sql) = sql(&h, admin, q, "csv").await;
+    let req = Request::post("/v1/sql?format=csv&charset=gb18030")
+        .header("authorization", format!("Bearer {admin}"))
+        .header("content-type", "application/json")
+        .body(Body::from(json!({"sql": q}).to_string()))
+        .unwrap();
+    let (s, _, gb) = call(&h, req).await;
+    assert_eq!(s, StatusCode::OK);
+    let (back, _, bad) = encoding_rs::GB18030.decode(&gb);
+    assert!(!bad && back == std::str::from_utf8(&plain_sql).unwrap());
+}
