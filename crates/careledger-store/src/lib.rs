@@ -397,11 +397,32 @@ impl Store {
         .get_bytes()
         .map_err(deltalake::DeltaTableError::from)?;
         let log_store = app.table.log_store();
+        // As delta-rs commits: the bytes themselves to a log store that puts them if absent
+        // (local files, S3 with conditional writes), a temporary commit file that the log
+        // store renames into place to the others (S3 with a DynamoDB lock, or unsafe rename).
+        let entry = if matches!(
+            log_store.name().as_str(),
+            "DefaultLogStore" | "LakeFSLogStore"
+        ) {
+            CommitOrBytes::LogBytes(bytes)
+        } else {
+            let path = deltalake::Path::from_iter([
+                "_delta_log",
+                &format!("_commit_{}.json.tmp", uuid::Uuid::new_v4()),
+            ]);
+            use deltalake::logstore::object_store::ObjectStoreExt as _;
+            log_store
+                .object_store(None)
+                .put(&path, bytes.into())
+                .await
+                .map_err(deltalake::DeltaTableError::from)?;
+            CommitOrBytes::TmpCommit(path)
+        };
         let mut version = app.version + 1;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let entry = CommitOrBytes::LogBytes(bytes.clone());
+            let entry = entry.clone();
             match log_store
                 .write_commit_entry(version, entry, uuid::Uuid::new_v4())
                 .await

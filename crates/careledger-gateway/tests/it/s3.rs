@@ -170,6 +170,35 @@ async fn an_s3_store_takes_pushes_answers_sql_and_survives_a_restart() {
     let r = push(app.clone()).await;
     assert_eq!(r["duplicate"], true, "{r}");
     assert_eq!(count(app).await, 20);
+    // With unsafe rename (for S3-compatible stores without conditional writes), appends still
+    // commit, in order, with their transactions.
+    let mut unsafe_rename = options(&moto.endpoint);
+    unsafe_rename.insert("AWS_S3_ALLOW_UNSAFE_RENAME".into(), "true".into());
+    let renamed = Store::open_with_options("s3://careledger/renamed", unsafe_rename)
+        .await
+        .unwrap();
+    let schema = careledger_store::batches_schema();
+    for k in 1..=3 {
+        let v = renamed
+            .append(
+                careledger_store::BATCHES,
+                careledger_store::Append {
+                    batches: vec![arrow_array::RecordBatch::new_empty(schema.clone())],
+                    txns: vec![(format!("renamed-{k}"), k)],
+                    metadata: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(v, k as u64);
+    }
+    assert_eq!(
+        renamed
+            .txn_version(careledger_store::BATCHES, "renamed-3")
+            .await
+            .unwrap(),
+        Some(3)
+    );
     // The objects are in the bucket, under the store's prefix.
     let listing = tokio::task::spawn_blocking(move || {
         let port = moto.endpoint.rsplit(':').next().unwrap().to_string();
