@@ -117,7 +117,9 @@ struct ServeArgs {
     /// Address to listen on (loopback by default).
     #[arg(long, env = "CARELEDGER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
-    /// Group-commit window in milliseconds.
+    /// Group-commit window in milliseconds: how long a batch waits for others to share its
+    /// commit (those that arrived while the last commit ran join at once). 0 suits one bulk
+    /// loader (its batches commit at once); the default suits many small steady senders.
     #[arg(long, env = "CARELEDGER_COMMIT_WINDOW_MS", default_value_t = 50)]
     commit_window_ms: u64,
     /// Largest accepted request body, in MiB.
