@@ -287,25 +287,21 @@ async fn run(
     while let Some(first) = rx.recv().await {
         let mut rows: usize = first.stored.iter().map(RecordBatch::num_rows).sum();
         let mut jobs = vec![first];
-        // What queued while the last group committed joins at once.
-        while rows < config.max_rows {
-            match rx.try_recv() {
-                Ok(job) => {
-                    rows += job.stored.iter().map(RecordBatch::num_rows).sum::<usize>();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+        // What queued while the last group committed joins at once; then, with a window,
+        // what arrives before it closes.
         let deadline = tokio::time::Instant::now() + config.window;
-        while rows < config.max_rows && !config.window.is_zero() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => {
-                    rows += job.stored.iter().map(RecordBatch::num_rows).sum::<usize>();
-                    jobs.push(job);
-                }
-                Ok(None) | Err(_) => break,
-            }
+        while rows < config.max_rows {
+            let next = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(_) if config.window.is_zero() => None,
+                Err(_) => tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            let Some(job) = next else { break };
+            rows += job.stored.iter().map(RecordBatch::num_rows).sum::<usize>();
+            jobs.push(job);
         }
         commit_group(table, jobs, &store, &dedup, &metrics).await;
     }

@@ -286,8 +286,15 @@ impl Store {
 
     /// Records the version of `table` as the latest this process knows of `name`.
     fn note(&self, name: &str, table: &DeltaTable) {
-        if let (Some(known), Some(v)) = (self.known.get(name), table.version()) {
-            known.fetch_max(v + 1, Ordering::AcqRel);
+        if let Some(v) = table.version() {
+            self.note_version(name, v);
+        }
+    }
+
+    /// Records `version` as the latest this process knows of `name` (if it is newer).
+    fn note_version(&self, name: &str, version: u64) {
+        if let Some(known) = self.known.get(name) {
+            known.fetch_max(version + 1, Ordering::AcqRel);
         }
     }
 
@@ -352,6 +359,16 @@ impl Store {
         let mut writer = self.writer_of(name)?.lock().await;
         if writer.is_none() {
             let table = self.slot(name)?.lock().await.clone();
+            // The commit file is handed over as bytes, which delta-rs's own log stores put if
+            // absent (local files, memory, S3 with or without unsafe rename). A log store that
+            // takes a temporary file instead is refused here, not written to untested.
+            let kind = table.log_store().name();
+            if !matches!(kind.as_str(), "DefaultLogStore" | "LakeFSLogStore") {
+                return Err(deltalake::DeltaTableError::Generic(format!(
+                    "table {name}: its log store ({kind}) commits from temporary files, which careledger's appends do not write; use a store whose log store puts commits if absent (file://, memory://, s3://)"
+                ))
+                .into());
+            }
             let schema = table.snapshot()?.snapshot().arrow_schema();
             let version = table.version().unwrap_or_default();
             *writer = Some(Appender {
@@ -397,32 +414,11 @@ impl Store {
         .get_bytes()
         .map_err(deltalake::DeltaTableError::from)?;
         let log_store = app.table.log_store();
-        // As delta-rs commits: the bytes themselves to a log store that puts them if absent
-        // (local files, S3 with conditional writes), a temporary commit file that the log
-        // store renames into place to the others (S3 with a DynamoDB lock, or unsafe rename).
-        let entry = if matches!(
-            log_store.name().as_str(),
-            "DefaultLogStore" | "LakeFSLogStore"
-        ) {
-            CommitOrBytes::LogBytes(bytes)
-        } else {
-            let path = deltalake::Path::from_iter([
-                "_delta_log",
-                &format!("_commit_{}.json.tmp", uuid::Uuid::new_v4()),
-            ]);
-            use deltalake::logstore::object_store::ObjectStoreExt as _;
-            log_store
-                .object_store(None)
-                .put(&path, bytes.into())
-                .await
-                .map_err(deltalake::DeltaTableError::from)?;
-            CommitOrBytes::TmpCommit(path)
-        };
         let mut version = app.version + 1;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let entry = entry.clone();
+            let entry = CommitOrBytes::LogBytes(bytes.clone());
             match log_store
                 .write_commit_entry(version, entry, uuid::Uuid::new_v4())
                 .await
@@ -451,9 +447,7 @@ impl Store {
             }
         }
         app.version = version;
-        if let Some(known) = self.known.get(name) {
-            known.fetch_max(version + 1, Ordering::AcqRel);
-        }
+        self.note_version(name, version);
         if (version + 1).is_multiple_of(CHECKPOINT_INTERVAL) {
             checkpoint_later(name, version, log_store);
         }

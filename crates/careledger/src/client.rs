@@ -16,7 +16,7 @@ use careledger_store::Store;
 use careledger_warehouse::{Access, Warehouse};
 use serde_json::{Value, json};
 
-use crate::table::render_table;
+use crate::table::{render_expanded, render_table};
 
 /// Where the answers come from.
 #[derive(Debug, Clone, clap::Args)]
@@ -68,16 +68,23 @@ impl Output {
             eprintln!("wrote {} bytes to {}", body.len(), path.display());
             return Ok(());
         }
+        print!("{}", self.text(body, false)?);
+        Ok(())
+    }
+
+    /// An answer as text: drawn as a table (`expanded`: one block per record, the shell's
+    /// `\x`), or CSV / JSON as received.
+    pub(crate) fn text(&self, body: &Bytes, expanded: bool) -> Result<String> {
         match self.format.as_str() {
             "table" => {
                 let v: Value = serde_json::from_slice(body)?;
-                print!("{}", render_table(&v, usize::MAX));
-                Ok(())
+                Ok(if expanded {
+                    render_expanded(&v, usize::MAX)
+                } else {
+                    render_table(&v, usize::MAX)
+                })
             }
-            "csv" | "json" => {
-                print!("{}", String::from_utf8_lossy(body));
-                Ok(())
-            }
+            "csv" | "json" => Ok(String::from_utf8_lossy(body).into_owned()),
             other => bail!("format {other} is binary: give --output FILE"),
         }
     }

@@ -18,10 +18,10 @@ use rustyline::hint::Hinter;
 use rustyline::history::FileHistory;
 use rustyline::validate::Validator;
 use rustyline::{Config, Editor, Helper};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::client::{Backend, Output, parse_params};
-use crate::table::{render_expanded, render_table};
+use crate::table::render_table;
 
 const KEYWORDS: &[&str] = &[
     "SELECT",
@@ -286,18 +286,15 @@ impl Session {
 
     /// Draws an answer in the session's format.
     fn show(&mut self, body: &Bytes) -> Result<()> {
-        let text = match self.output.format.as_str() {
-            "table" => {
-                let v: Value = serde_json::from_slice(body)?;
-                if self.expanded {
-                    render_expanded(&v, usize::MAX)
-                } else {
-                    render_table(&v, usize::MAX)
-                }
-            }
-            _ => String::from_utf8_lossy(body).into_owned(),
-        };
+        let text = self.output.text(body, self.expanded)?;
         self.emit(&text)
+    }
+
+    /// `\timing`: how long an answer took, on stderr.
+    fn timed(&self, started: std::time::Instant) {
+        if self.timing {
+            eprintln!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+        }
     }
 
     /// Runs one statement (without its `;`).
@@ -308,9 +305,7 @@ impl Session {
             .sql(sql, self.known_at.as_deref(), self.output.wire_format()?)
             .await?;
         self.show(&body)?;
-        if self.timing {
-            eprintln!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
-        }
+        self.timed(started);
         Ok(())
     }
 
@@ -429,9 +424,7 @@ impl Session {
                     .report(name, &params, self.output.wire_format()?)
                     .await?;
                 self.show(&body)?;
-                if self.timing {
-                    eprintln!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
-                }
+                self.timed(started);
             }
             other => bail!("unknown command {other}; \\help lists them"),
         }
