@@ -18,11 +18,17 @@
 
 mod csv;
 mod json;
+mod xlsx;
+
+pub use xlsx::{CellKind, SheetColumn, SheetSpec, sheet_records};
 
 use std::fmt;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Schema, SchemaRef};
+
+/// The media type of an Excel workbook (.xlsx).
+pub const XLSX_MEDIA_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
 
 /// Rows per decoded batch.
 pub const DECODE_BATCH_ROWS: usize = 8192;
@@ -58,6 +64,8 @@ pub enum BodyFormat {
     JsonArray,
     Ndjson,
     Csv { gb18030: bool },
+    /// An Excel workbook (.xlsx): its first sheet, see [`decode_sheet`].
+    Xlsx,
 }
 
 /// What went wrong, for the caller to map to its own error (the gateway: an HTTP status).
@@ -112,7 +120,7 @@ impl BodyFormat {
         let unsupported = |got: &str| DecodeError {
             kind: DecodeErrorKind::UnsupportedMediaType,
             detail: format!(
-                "Content-Type {got:?} is not accepted; send application/json (an array of objects), application/x-ndjson, or text/csv (charset=utf-8 or gb18030)"
+                "Content-Type {got:?} is not accepted; send application/json (an array of objects), application/x-ndjson, text/csv (charset=utf-8 or gb18030), or an Excel workbook as {XLSX_MEDIA_TYPE}"
             ),
         };
         let value = value.ok_or_else(|| unsupported("(none)"))?;
@@ -127,6 +135,7 @@ impl BodyFormat {
             "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
                 Ok(BodyFormat::Ndjson)
             }
+            XLSX_MEDIA_TYPE => Ok(BodyFormat::Xlsx),
             "text/csv" => match charset.as_deref() {
                 None | Some("utf-8") | Some("utf8") => Ok(BodyFormat::Csv { gb18030: false }),
                 Some("gb18030") | Some("gbk") | Some("gb2312") => {
@@ -149,6 +158,7 @@ impl BodyFormat {
             BodyFormat::Ndjson => "ndjson",
             BodyFormat::Csv { gb18030: false } => "csv",
             BodyFormat::Csv { gb18030: true } => "csv-gb18030",
+            BodyFormat::Xlsx => "xlsx",
         }
     }
 }
@@ -212,6 +222,9 @@ pub fn decode_records(
             f.name()
         )));
     }
+    if format == BodyFormat::Xlsx {
+        return xlsx::decode(body, wire, &SheetSpec::plain(wire), max_rows);
+    }
     if let Some(at) = body.iter().position(|b| *b == 0) {
         let hint = if body.len() > 1 && body.iter().filter(|b| **b == 0).count() * 4 >= body.len() {
             " (the body looks like UTF-16 or a binary file; send UTF-8 text, or GB18030 for CSV)"
@@ -250,5 +263,20 @@ pub fn decode_records(
                 }
             })
         }
+        BodyFormat::Xlsx => unreachable!("answered above"),
     }
+}
+
+/// An `.xlsx` body read through a mapping of its headers and cells onto the wire schema
+/// (see [`SheetSpec`]): values a spreadsheet changed (date serials, `2024/11/7`, thousands
+/// separators, code labels) become wire text; a cell that cannot (an ID number Excel made a
+/// number, a spreadsheet error) is a [`RecordFault`] of its row. A header that names no field
+/// refuses the body.
+pub fn decode_sheet(
+    body: &[u8],
+    wire: &SchemaRef,
+    spec: &SheetSpec,
+    max_rows: usize,
+) -> Result<Decoded, DecodeError> {
+    xlsx::decode(body, wire, spec, max_rows)
 }

@@ -12,7 +12,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use careledger_decode::{BodyFormat, decode_records};
+use careledger_decode::{BodyFormat, CellKind, SheetColumn, SheetSpec, decode_records};
 use careledger_model::{
     MAX_MESSAGE_CHARS, RowError, Table, ValidationContext, mask_id, redact_ids,
     validate_batch_refusing,
@@ -422,6 +422,47 @@ type Prepared = (Vec<RecordBatch>, Option<RecordBatch>);
 /// keeps only what the answer needs (the first errors, the rejects as compact Arrow rows), so
 /// memory stays proportional to the body even when every row has several errors. `sender` is
 /// the token's source and region scope: a scoped source writes only rows inside its scope.
+/// How a source's `.xlsx` sheets of a table map onto its fields: headers from the mapping
+/// profiles (`schemas/v1/sheets/`), each field's kind from the contract, code labels from the
+/// code lists; a sheet with no `source` column is the sender's, one with no `op` upserts.
+fn sheet_spec(spec: &careledger_model::TableSpec, source: &str) -> SheetSpec {
+    use careledger_model::FieldKind;
+    let (profile, headers, ignore) = careledger_model::sheet_headers(source, spec.table);
+    let columns = spec
+        .fields
+        .iter()
+        .map(|f| SheetColumn {
+            field: f.name.clone(),
+            headers: headers.get(&f.name).cloned().unwrap_or_default(),
+            kind: match &f.kind {
+                FieldKind::Integer { .. } => CellKind::Integer,
+                FieldKind::Decimal { .. } => CellKind::Decimal,
+                FieldKind::Date { .. } => CellKind::Date,
+                FieldKind::PersonalId => CellKind::PersonalId,
+                FieldKind::Code { list } => CellKind::Code(
+                    careledger_model::vocabulary()
+                        .list(list)
+                        .codes
+                        .iter()
+                        .map(|c| (c.code.clone(), vec![c.zh.clone(), c.en.clone()]))
+                        .collect(),
+                ),
+                FieldKind::Text { .. } | FieldKind::Region { .. } => CellKind::Text,
+            },
+            default: match f.name.as_str() {
+                "source" => Some(source.to_string()),
+                "op" => Some("upsert".to_string()),
+                _ => None,
+            },
+        })
+        .collect();
+    SheetSpec {
+        profile,
+        columns,
+        ignore,
+    }
+}
+
 fn prepare(
     state: &AppState,
     table: Table,
@@ -434,12 +475,21 @@ fn prepare(
     let spec = table.spec();
     // Records the decoder refused (unknown or malformed fields, an NDJSON line that is not
     // an object) are row errors like any other: validation rejects their rows with them.
-    let decoded = decode_records(
-        format,
-        bytes,
-        &spec.wire_schema(),
-        state.config.max_rows_per_body,
-    )?;
+    let decoded = if format == BodyFormat::Xlsx {
+        careledger_decode::decode_sheet(
+            bytes,
+            &spec.wire_schema(),
+            &sheet_spec(spec, sender.0),
+            state.config.max_rows_per_body,
+        )?
+    } else {
+        decode_records(
+            format,
+            bytes,
+            &spec.wire_schema(),
+            state.config.max_rows_per_body,
+        )?
+    };
     let refused: Vec<RowError> = decoded
         .faults
         .into_iter()

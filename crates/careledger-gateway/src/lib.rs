@@ -13,11 +13,13 @@ mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod output;
+pub mod page;
 pub mod pg;
 pub mod problem;
 pub mod query;
 pub mod receipt;
 pub mod serve;
+pub mod sheet;
 pub mod sources;
 mod sql_guard;
 
@@ -265,6 +267,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let state_for_limits = state.clone();
     let metrics = state.metrics.clone();
     let service: Router = Router::new()
+        .route("/", get(page::index))
+        .route("/assets/{name}", get(page::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -304,13 +304,14 @@ fn json_ok(description: &str, schema: &str) -> Value {
     json!({"description": description, "content": content("application/json", json!({"$ref": format!("#/components/schemas/{schema}")}))})
 }
 
-/// The answer in each format: JSON, CSV, Arrow IPC stream, Parquet.
+/// The answer in each format: JSON, CSV, Arrow IPC stream, Parquet, Excel workbook.
 fn answer_ok(description: &str) -> Value {
     json!({"description": description, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/Answer"}},
         "text/csv": {"schema": {"type": "string"}},
         "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "contentMediaType": "application/vnd.apache.arrow.stream"}},
         "application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType": "application/vnd.apache.parquet"}},
+        careledger_decode::XLSX_MEDIA_TYPE: {"schema": {"type": "string", "contentMediaType": careledger_decode::XLSX_MEDIA_TYPE}},
     }})
 }
 
@@ -321,8 +322,8 @@ fn query_param(name: &str, description: &str, schema: Value) -> Value {
 fn format_param() -> Value {
     query_param(
         "format",
-        "Answer format (or the `Accept` header); JSON is refused above its row limit.",
-        json!({"type": "string", "enum": ["json", "csv", "arrow", "parquet"]}),
+        "Answer format (or the `Accept` header); JSON is refused above its row limit, xlsx above a sheet's (1,048,000 rows).",
+        json!({"type": "string", "enum": ["json", "csv", "arrow", "parquet", "xlsx"]}),
     )
 }
 
@@ -390,6 +391,11 @@ fn report_operation(r: &ReportSpec) -> Value {
     }
     parameters.push(format_param());
     parameters.extend(csv_params());
+    parameters.push(query_param(
+        "labels",
+        "zh or en: a column <col>_label after each code column (region names, code labels); none: no labels. Default: zh for format=xlsx, none otherwise.",
+        json!({"type": "string", "enum": ["zh", "en", "none"]}),
+    ));
     parameters.push(wait_for_param());
     parameters.push(json!({"name": "If-None-Match", "in": "header", "description": "The ETag of an earlier answer: 304 when the answer has not changed.", "schema": {"type": "string"}}));
     let audience = match r.audience.as_deref() {
@@ -464,7 +470,8 @@ pub fn document() -> Value {
                 op["requestBody"] = json!({"required": true, "description": "Rows of the table named in the path, as its contract (`schemas/v1/tables/<table>.json`) describes them.", "content": {
                     "application/json": {"schema": {"type": "array", "items": rows}},
                     "application/x-ndjson": {"schema": {"type": "string"}},
-                    "text/csv": {"schema": {"type": "string"}}}});
+                    "text/csv": {"schema": {"type": "string"}},
+                    careledger_decode::XLSX_MEDIA_TYPE: {"description": "The first sheet of a workbook; headers are field names or the Chinese headers of the mapping profiles (schemas/v1/sheets/).", "schema": {"type": "string", "contentMediaType": careledger_decode::XLSX_MEDIA_TYPE}}}});
                 json_ok(
                     "The receipt, after the rows are committed (or validated, dry_run).",
                     "Receipt",

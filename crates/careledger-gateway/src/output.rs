@@ -1,6 +1,8 @@
 //! Query results in the format the caller asks for: JSON (columns with types, then rows), CSV,
-//! Arrow IPC stream or Parquet. Suppressed cells (dashboards) are null, listed in the JSON
-//! body, `*` in CSV, and named in the Arrow schema metadata (`careledger.suppressed`).
+//! Arrow IPC stream, Parquet or an Excel workbook. Suppressed cells (dashboards) are null: listed
+//! in the JSON body, named by a last `suppressed` column in CSV (the number columns stay
+//! numbers), named in the Arrow schema metadata (`careledger.suppressed`), and empty grey cells
+//! in a workbook. `labels=zh|en` puts each code column's label beside it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::disclosure::Suppression;
 use crate::problem::Problem;
+pub use crate::sheet::SheetInfo;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,6 +26,7 @@ pub enum Format {
     Csv,
     Arrow,
     Parquet,
+    Xlsx,
 }
 
 impl Format {
@@ -32,6 +36,7 @@ impl Format {
             Format::Csv => "text/csv; charset=utf-8",
             Format::Arrow => "application/vnd.apache.arrow.stream",
             Format::Parquet => "application/vnd.apache.parquet",
+            Format::Xlsx => careledger_decode::XLSX_MEDIA_TYPE,
         }
     }
 
@@ -41,6 +46,7 @@ impl Format {
             Format::Csv => "csv",
             Format::Arrow => "arrow",
             Format::Parquet => "parquet",
+            Format::Xlsx => "xlsx",
         }
     }
 
@@ -52,9 +58,10 @@ impl Format {
                 "csv" => Ok(Format::Csv),
                 "arrow" => Ok(Format::Arrow),
                 "parquet" => Ok(Format::Parquet),
+                "xlsx" => Ok(Format::Xlsx),
                 other => Err(Problem::bad_request(
                     "bad-format",
-                    format!("format={other} is not one of json, csv, arrow, parquet"),
+                    format!("format={other} is not one of json, csv, arrow, parquet, xlsx"),
                 )),
             };
         }
@@ -70,6 +77,7 @@ impl Format {
                 "application/vnd.apache.parquet" | "application/x-parquet" => {
                     return Ok(Format::Parquet);
                 }
+                careledger_decode::XLSX_MEDIA_TYPE => return Ok(Format::Xlsx),
                 _ => {}
             }
         }
@@ -77,7 +85,8 @@ impl Format {
             StatusCode::NOT_ACCEPTABLE,
             "not-acceptable",
             format!(
-                "cannot answer Accept: {accept}; use application/json, text/csv, application/vnd.apache.arrow.stream or application/vnd.apache.parquet"
+                "cannot answer Accept: {accept}; use application/json, text/csv, application/vnd.apache.arrow.stream, application/vnd.apache.parquet or {}",
+                careledger_decode::XLSX_MEDIA_TYPE
             ),
         ))
     }
@@ -214,6 +223,7 @@ pub fn encode(
     suppression: Option<&Suppression>,
     json_row_cap: usize,
     reflects: Option<&Value>,
+    sheet: Option<&SheetInfo>,
 ) -> Result<Bytes, Problem> {
     let batch = plain(batch)?;
     let batch = match suppression {
@@ -268,10 +278,18 @@ pub fn encode(
             }
             Ok(Bytes::from(body.to_string()))
         }
+        Format::Xlsx => {
+            let none = std::collections::BTreeSet::new();
+            crate::sheet::write(
+                &batch,
+                suppression.map_or(&none, |s| &s.cells),
+                sheet.unwrap_or(&SheetInfo::default()),
+            )
+        }
         Format::Csv => {
             let batch = match suppression {
-                Some(s) if !s.cells.is_empty() => starred(&batch, s)?,
-                _ => batch,
+                Some(s) => with_suppressed_column(&batch, s)?,
+                None => batch,
             };
             let mut out = Vec::new();
             {
@@ -310,39 +328,121 @@ pub fn encode(
     }
 }
 
-/// Every column as text, suppressed cells as `*` (CSV for dashboards).
-fn starred(batch: &RecordBatch, s: &Suppression) -> Result<RecordBatch, Problem> {
-    let mut cols: Vec<ArrayRef> = Vec::new();
+/// Dashboard CSV: suppressed cells empty (their columns keep their types) and a last column
+/// `suppressed` naming the row's suppressed columns (`;` between), empty where none is.
+fn with_suppressed_column(batch: &RecordBatch, s: &Suppression) -> Result<RecordBatch, Problem> {
+    let schema = batch.schema();
+    let mut names: Vec<Vec<&str>> = vec![Vec::new(); batch.num_rows()];
+    for (r, c) in &s.cells {
+        if let Some(row) = names.get_mut(*r) {
+            row.push(schema.field(*c).name());
+        }
+    }
+    let column: ArrayRef = Arc::new(StringArray::from(
+        names.iter().map(|n| n.join(";")).collect::<Vec<_>>(),
+    ));
+    let mut fields: Vec<arrow_schema::Field> =
+        schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(arrow_schema::Field::new("suppressed", DataType::Utf8, false));
+    let mut cols = batch.columns().to_vec();
+    cols.push(column);
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .map_err(|e| Problem::internal("csv", &e))
+}
+
+/// The language of `labels=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Zh,
+    En,
+}
+
+impl Lang {
+    /// `labels=zh|en|none` (absent: `default`).
+    pub fn choose(param: Option<&str>, default: Option<Lang>) -> Result<Option<Lang>, Problem> {
+        match param {
+            None => Ok(default),
+            Some("zh") => Ok(Some(Lang::Zh)),
+            Some("en") => Ok(Some(Lang::En)),
+            Some("none") => Ok(None),
+            Some(other) => Err(Problem::bad_request(
+                "bad-parameter",
+                format!("labels={other}: use labels=zh, labels=en or labels=none"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lang::Zh => "zh",
+            Lang::En => "en",
+        }
+    }
+}
+
+/// `batch` with a column `<col>_label` right after each code column of `labels` (region codes:
+/// the division's name; code lists: the code's label in `lang`; months have none), and the
+/// suppressed cells' columns moved to match.
+pub fn with_labels(
+    batch: &RecordBatch,
+    labels: &[(String, careledger_warehouse::publish::LabelDomain)],
+    lang: Lang,
+    suppression: Option<Suppression>,
+) -> Result<(RecordBatch, Option<Suppression>), Problem> {
+    use careledger_warehouse::publish::LabelDomain;
+    let schema = batch.schema();
     let mut fields = Vec::new();
-    for (c, (f, col)) in batch
-        .schema()
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .enumerate()
-    {
-        let text =
-            arrow_cast::cast(col, &DataType::Utf8).map_err(|e| Problem::internal("csv", &e))?;
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    // Old column index -> new.
+    let mut moved = Vec::with_capacity(schema.fields().len());
+    for (f, col) in schema.fields().iter().zip(batch.columns()) {
+        moved.push(cols.len());
+        fields.push(f.as_ref().clone());
+        cols.push(col.clone());
+        let domain = labels.iter().find(|(n, _)| n == f.name()).map(|(_, d)| d);
+        let lookup: Box<dyn Fn(&str) -> Option<String>> = match domain {
+            Some(LabelDomain::Regions) => Box::new(|code: &str| {
+                careledger_model::regions().get(code).map(|r| r.name.clone())
+            }),
+            Some(LabelDomain::Codes(list)) => {
+                let list = careledger_model::vocabulary().list(list);
+                Box::new(move |code: &str| {
+                    list.get(code).map(|c| match lang {
+                        Lang::Zh => c.zh.clone(),
+                        Lang::En => c.en.clone(),
+                    })
+                })
+            }
+            Some(LabelDomain::Months) | None => continue,
+        };
+        let text = arrow_cast::cast(col, &DataType::Utf8)
+            .map_err(|e| Problem::internal("labels", &e))?;
         let text = text.as_string::<i32>();
         let values: Vec<Option<String>> = (0..batch.num_rows())
             .map(|r| {
-                if s.cells.contains(&(r, c)) {
-                    Some("*".to_string())
+                if text.is_null(r) {
+                    None
                 } else {
-                    (!text.is_null(r)).then(|| text.value(r).to_string())
+                    lookup(text.value(r))
                 }
             })
             .collect();
+        fields.push(arrow_schema::Field::new(
+            format!("{}_label", f.name()),
+            DataType::Utf8,
+            true,
+        ));
         cols.push(Arc::new(StringArray::from(values)));
-        fields.push(
-            f.as_ref()
-                .clone()
-                .with_data_type(DataType::Utf8)
-                .with_nullable(true),
-        );
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-        .map_err(|e| Problem::internal("csv", &e))
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        cols,
+    )
+    .map_err(|e| Problem::internal("labels", &e))?;
+    let suppression = suppression.map(|s| Suppression {
+        cells: s.cells.iter().map(|(r, c)| (*r, moved[*c])).collect(),
+    });
+    Ok((batch, suppression))
 }
 
 /// The plain output type of a column (see [`plain`]).

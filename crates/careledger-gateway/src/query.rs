@@ -27,7 +27,7 @@ use crate::engine::{
     self, Door, Ran, Want, access_of, datafusion_problem, forbid, known_at_of, query_problem,
     query_runtime, timeout_problem,
 };
-use crate::output::{CsvText, Format, concat, encode};
+use crate::output::{CsvText, Format, Lang, SheetInfo, concat, encode, with_labels};
 use crate::problem::Problem;
 
 /// Query limits and disclosure settings.
@@ -144,7 +144,12 @@ fn split_query(q: &HashMap<String, String>) -> (Option<String>, HashMap<String, 
     let format = q.get("format").cloned();
     let params = q
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "format" | "wait_for" | "bom" | "charset"))
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "format" | "wait_for" | "bom" | "charset" | "labels"
+            )
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     (format, params)
@@ -391,7 +396,9 @@ async fn answer_sql(
         Format::Csv | Format::Arrow => Want::Stream,
         Format::Json => Want::Whole(Some(state.query.json_row_cap)),
         Format::Parquet => Want::Whole(None),
+        Format::Xlsx => Want::Whole(Some(crate::sheet::XLSX_MAX_ROWS)),
     };
+    let (sql_text, known_at_text) = (req.sql.clone(), req.known_at.clone());
     let ask = engine::Ask {
         sql: req.sql,
         params: (!values.is_empty()).then(|| values.into()),
@@ -418,12 +425,24 @@ async fn answer_sql(
         }
         Ran::Whole(schema, batches) => {
             let encoded = concat(&schema, &batches).and_then(|batch| {
+                let sheet = (format == Format::Xlsx).then(|| SheetInfo {
+                    title: "careledger SQL".into(),
+                    lines: vec![
+                        ("SQL".into(), sql_text.chars().take(2000).collect()),
+                        (
+                            "知识时点 known_at".into(),
+                            known_at_text.clone().unwrap_or_else(|| "最新 latest".into()),
+                        ),
+                        ("数据截至 reflects".into(), reflects_line(&reflects)),
+                    ],
+                });
                 let bytes = encode(
                     format,
                     &batch,
                     None,
                     state.query.json_row_cap,
                     Some(&reflects_json(&reflects)),
+                    sheet.as_ref(),
                 )?;
                 Ok((batch.num_rows(), bytes))
             });
@@ -530,6 +549,12 @@ pub async fn run_report(
         q.get("charset").map(String::as_str),
         accept,
     )?;
+    // Code columns' labels beside them: asked for, or in a workbook (Chinese) unless
+    // labels=none.
+    let lang = Lang::choose(
+        q.get("labels").map(String::as_str),
+        (format == Format::Xlsx).then_some(Lang::Zh),
+    )?;
     reports::bind(spec, &params, state.warehouse.zone()).map_err(query_problem)?;
     // Checked again where the report runs; here so a refusal comes before ETag and cache.
     reports::scoped_params(spec, &params, &access_of(&p)).map_err(query_problem)?;
@@ -565,7 +590,7 @@ pub async fn run_report(
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&json!({
         "report": name, "params": sorted, "role": p.role.as_string(), "scope": p.scope,
-        "format": format.as_str(), "csv": csv.key(), "versions": versions, "rule": state.warehouse.rule().rule_version(),
+        "format": format.as_str(), "csv": csv.key(), "labels": lang.map(Lang::as_str), "versions": versions, "rule": state.warehouse.rule().rule_version(),
         "derived": [derived.cycle, derived.floor],
         "k": state.query.disclosure_k,
     })).expect("json"));
@@ -625,12 +650,26 @@ pub async fn run_report(
         } else {
             (batch, None)
         };
+        let (batch, suppression) = match (lang, &spec.publish) {
+            (Some(lang), Some(publish)) => with_labels(&batch, &publish.labels, lang, suppression)?,
+            _ => (batch, suppression),
+        };
+        let sheet = (format == Format::Xlsx).then(|| {
+            report_sheet(
+                spec,
+                &params,
+                &derived,
+                &state.warehouse.rule().rule_version(),
+                suppression.is_some(),
+            )
+        });
         let bytes = encode(
             format,
             &batch,
             suppression.as_ref(),
             state.query.json_row_cap,
             Some(&reflects_json(&derived)),
+            sheet.as_ref(),
         )?;
         Ok::<_, Problem>((batch.num_rows(), bytes))
     }
@@ -652,6 +691,62 @@ pub async fn run_report(
     let mut resp = respond((format, csv, &download), bytes, Some(&etag), &headers);
     freshness_headers(&mut resp, &derived);
     Ok(resp)
+}
+
+/// "2025-01-10T08:00:00Z (派生周期 cycle 42)": what an answer reflects, for a sheet.
+fn reflects_line(d: &careledger_warehouse::DerivedState) -> String {
+    let at = d
+        .reflects_at()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into());
+    format!("{at} (派生周期 cycle {})", d.cycle)
+}
+
+/// The lines above a report's workbook table: its titles, every parameter as used (defaults
+/// included), the knowledge instant, the rule version and what it reflects.
+fn report_sheet(
+    spec: &careledger_warehouse::ReportSpec,
+    given: &HashMap<String, String>,
+    derived: &careledger_warehouse::DerivedState,
+    rule_version: &str,
+    published: bool,
+) -> SheetInfo {
+    let params = spec
+        .params
+        .iter()
+        .map(|p| {
+            let v = given
+                .get(&p.name)
+                .or(p.default.as_ref())
+                .map(String::as_str)
+                .unwrap_or("");
+            format!("{}={v}", p.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut lines = vec![
+        ("报表 report".into(), spec.name.clone()),
+        ("参数 parameters".into(), params),
+        (
+            "知识时点 known_at".into(),
+            given
+                .get("known_at")
+                .cloned()
+                .unwrap_or_else(|| "最新 latest".into()),
+        ),
+        ("规则版本 rule version".into(), rule_version.to_string()),
+        ("数据截至 reflects".into(), reflects_line(derived)),
+    ];
+    if published {
+        lines.push((
+            "披露 disclosure".into(),
+            "人数含少量一致性噪声（单元键法）；过小的人数及由其算出的数已抑制 / counts carry a small consistent noise (cell-key method); counts below the threshold, and numbers derived from them, are suppressed".into(),
+        ));
+    }
+    SheetInfo {
+        title: format!("{} {}", spec.title_zh, spec.title_en),
+        lines,
+    }
 }
 
 /// Table-level descriptions for `GET /v1/tables`.

@@ -8,6 +8,7 @@ pub mod pseudonym;
 pub mod region;
 pub mod resident_id;
 pub mod schema;
+pub mod sheets;
 pub mod status;
 pub mod validate;
 
@@ -17,6 +18,7 @@ pub use pseudonym::PseudonymKey;
 pub use region::{Region, RegionLevel, RegionTable, regions};
 pub use resident_id::{IdError, ResidentId, contains_id_like, mask_id, redact_ids};
 pub use schema::{FieldKind, FieldSpec, Table, TableSpec};
+pub use sheets::{SheetProfile, sheet_headers};
 pub use status::{RuleParams, StatusEpisode, derive_episodes};
 pub use validate::{
     MAX_MESSAGE_CHARS, RowError, ValidatedBatch, ValidationContext, epoch_days, from_epoch_days,

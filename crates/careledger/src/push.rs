@@ -18,7 +18,8 @@ pub(crate) struct PushArgs {
     #[arg(long)]
     table: String,
     /// Files: .csv (UTF-8 or GB18030, with a header line), .ndjson / .jsonl (one object a line),
-    /// .json (an array of objects).
+    /// .json (an array of objects), .xlsx (the first sheet, sent whole; headers may be the
+    /// Chinese ones of the mapping profiles in schemas/v1/sheets/).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Server URL.
@@ -66,6 +67,8 @@ enum Kind {
     Csv { gb18030: bool },
     Ndjson,
     JsonArray,
+    /// An Excel workbook: sent whole (its first sheet; the server maps the headers).
+    Xlsx,
 }
 
 impl Kind {
@@ -74,6 +77,7 @@ impl Kind {
             Kind::Csv { gb18030: false } => "text/csv; charset=utf-8",
             Kind::Csv { gb18030: true } => "text/csv; charset=gb18030",
             Kind::Ndjson | Kind::JsonArray => "application/x-ndjson",
+            Kind::Xlsx => careledger_decode::XLSX_MEDIA_TYPE,
         }
     }
 }
@@ -141,8 +145,9 @@ fn kind_of(path: &Path, bytes: &[u8], encoding: &str) -> Result<Kind> {
         },
         "ndjson" | "jsonl" => Kind::Ndjson,
         "json" => Kind::JsonArray,
+        "xlsx" => Kind::Xlsx,
         other => bail!(
-            "{}: unknown file type {other:?}; use .csv, .ndjson, .jsonl or .json",
+            "{}: unknown file type {other:?}; use .csv, .ndjson, .jsonl, .json or .xlsx",
             path.display()
         ),
     })
@@ -283,6 +288,21 @@ fn chunk_file(
             if !places.is_empty() {
                 push_chunk(body, places);
             }
+        }
+        Kind::Xlsx => {
+            // One request for the whole workbook: rows are numbered as the server reads them,
+            // placed at their sheet rows for the messages.
+            let rows = careledger_decode::sheet_records(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if rows.is_empty() {
+                bail!("{}: the first sheet has a header and no rows", path.display());
+            }
+            let places = rows
+                .into_iter()
+                .enumerate()
+                .map(|(i, sheet_row)| (Some(sheet_row), i + 1))
+                .collect();
+            push_chunk(bytes.clone(), places);
         }
         Kind::JsonArray => {
             let text = std::str::from_utf8(&bytes)

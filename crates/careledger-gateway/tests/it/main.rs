@@ -13,6 +13,7 @@ mod query;
 mod s3;
 mod scope;
 mod serve;
+mod sheets;
 mod sources;
 mod sql_abuse;
 mod time_zone;
