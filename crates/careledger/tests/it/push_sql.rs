@@ -693,3 +693,55 @@ fn a_push_killed_mid_way_resumes_and_ends_with_exactly_the_rows_sent() {
     assert_eq!(count(), 600, "every row of the file, once");
     assert_eq!(distinct, 600);
 }
+
+/// `careledger push FILE.xlsx`: a department's workbook with Chinese headers goes whole; the
+/// server maps it through the source's profile, and a row refused for an ID number Excel made
+/// a number is listed at its sheet row.
+#[test]
+fn push_takes_a_workbook_with_chinese_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let source = server.token("civil_affairs");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet();
+    for (c, h) in ["序号", "记录编号", "记录版本", "身份证件号码", "居住地行政区划代码", "民族"]
+        .iter()
+        .enumerate()
+    {
+        sheet.write_string(0, c as u16, *h).unwrap();
+    }
+    for n in 0..3u32 {
+        let r = n + 1;
+        sheet.write_number(r, 0, f64::from(r)).unwrap();
+        sheet.write_string(r, 1, format!("x-{n}")).unwrap();
+        sheet.write_number(r, 2, 1).unwrap();
+        if n == 1 {
+            // What Excel does to an 18-digit number typed into a General cell.
+            sheet.write_number(r, 3, 4.501231975e17).unwrap();
+        } else {
+            sheet.write_string(r, 3, id(200 + n)).unwrap();
+        }
+        sheet.write_string(r, 4, VILLAGE).unwrap();
+        sheet.write_string(r, 5, "壮族").unwrap();
+    }
+    let path = dir.path().join("台账.xlsx");
+    book.save(&path).unwrap();
+    let rejects = dir.path().join("rejects.csv");
+    let out = careledger()
+        .args(["push", "--table", "women"])
+        .args(["--server", &server.url, "--token", &source])
+        .args(["--rejects", rejects.to_str().unwrap()])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = ok(out);
+    assert!(stdout.contains("2 rows accepted, 1 rejected"), "{stdout}");
+    let listed = std::fs::read_to_string(&rejects).unwrap();
+    let row = listed.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.starts_with(&format!("{},3,2,id_number,field.spreadsheet,", path.display())),
+        "sheet row 3, record 2: {listed}"
+    );
+    assert!(row.contains("Excel stored the ID number as a number"), "{row}");
+    server.stop();
+}
