@@ -296,6 +296,12 @@ try {
     const target = biggest(rows);
     const i = rows.findIndex((r) => r.code === target.code);
     await page.locator('#chart-stock').scrollIntoViewIfNeeded();
+    // Bars grow in an animation after each render: a click before it ends can miss the bar.
+    await page.evaluate(() => new Promise((done) => {
+      const c = window.echarts.getInstanceByDom(document.getElementById('chart-stock'));
+      const timer = setTimeout(done, 3000);
+      c.on('finished', () => { clearTimeout(timer); done(); });
+    }));
     const at = await page.evaluate(([k, v]) => window.echarts.getInstanceByDom(document.getElementById('chart-stock'))
       .convertToPixel({ seriesIndex: 0 }, [v / 2, k]), [i, target.women]);
     const box = await page.locator('#chart-stock').boundingBox();

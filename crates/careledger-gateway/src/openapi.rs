@@ -89,6 +89,18 @@ pub const ROUTES: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     ("get", "/v1/openapi.json", "This document.", false),
+    (
+        "get",
+        "/",
+        "The dashboard page (Chinese, English switch): signs in with a dashboard or analyst token and reads the reports.",
+        false,
+    ),
+    (
+        "get",
+        "/assets/{name}",
+        "The dashboard page's script and style, and Apache ECharts (vendored, with its licence).",
+        false,
+    ),
     ("get", "/healthz", "Liveness.", false),
     ("get", "/readyz", "Readiness: the store answers.", false),
     (
@@ -155,6 +167,10 @@ struct Answer {
 #[allow(dead_code)]
 struct ReportList {
     reports: Vec<ReportSpec>,
+    /// The caller's role: `analyst`, `dashboard`, `admin` (sources may not list reports).
+    role: String,
+    /// The caller's region scope (a code prefix); null for all of Guangxi.
+    scope: Option<String>,
 }
 
 /// One column an SQL query can name.
@@ -531,6 +547,16 @@ pub fn document() -> Value {
             }
             "/v1/openapi.json" => {
                 json!({"description": "This document.", "content": content("application/json", json!({"type": "object"}))})
+            }
+            "/" => text_ok("The page.", "text/html"),
+            "/assets/{name}" => {
+                let names: Vec<&str> = crate::page::asset_names().collect();
+                parameters.push(json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "enum": names}}));
+                json!({"description": "The file.", "content": {
+                    "text/javascript": {"schema": {"type": "string"}},
+                    "text/css": {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                }})
             }
             "/healthz" => text_ok("The process answers.", "text/plain"),
             "/readyz" => text_ok("The store answers.", "text/plain"),

@@ -7,6 +7,8 @@ use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::problem::Problem;
+
 const INDEX: &str = include_str!("../assets/dashboard/index.html");
 
 /// (name, media type, bytes) of every file under `/assets/`.
@@ -87,6 +89,20 @@ pub async fn asset(Path(name): Path<String>) -> Response {
                 "no-cache"
             },
         ),
-        None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
+        None => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!(
+                "no asset {:?}; the page's files are {}",
+                name.chars().take(64).collect::<String>(),
+                asset_names().collect::<Vec<_>>().join(", ")
+            ),
+        )
+        .into_response(),
     }
+}
+
+/// The names under `/assets/`.
+pub fn asset_names() -> impl Iterator<Item = &'static str> {
+    ASSETS.iter().map(|(n, _, _)| *n)
 }

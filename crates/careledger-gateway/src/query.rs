@@ -518,7 +518,8 @@ pub async fn list_reports(
         .iter()
         .filter(|r| p.role != Role::Dashboard || r.audience.as_deref() != Some("analyst"))
         .collect();
-    Ok(Json(json!({"reports": list})).into_response())
+    // Who asks, so that a page can start at the caller's own region.
+    Ok(Json(json!({"reports": list, "role": p.role.as_string(), "scope": p.scope})).into_response())
 }
 
 /// `GET /v1/reports/{name}`: with ETag / If-None-Match and a bounded result cache.

@@ -1029,7 +1029,8 @@
       const body = await res.json();
       const catalog = {};
       for (const r of body.reports || []) catalog[r.name] = r;
-      return { catalog };
+      const scope = typeof body.scope === 'string' && /^\d+$/.test(body.scope) ? body.scope : null;
+      return { catalog, scope, role: body.role || null };
     }
     const p = await problemOf(res);
     if (res.status === 401) return { error: t('invalidTokenMsg', p.detail) };
@@ -1058,7 +1059,8 @@
     token = tok;
     if (remember) { try { sessionStorage.setItem(TOKEN_KEY, tok); } catch (_) { /* ignore */ } }
     state.catalog = r.catalog;
-    state.scope = await learnScope();
+    // The catalog names the caller's scope; older servers did not (then ask /v1/tables).
+    state.scope = r.role ? r.scope : await learnScope();
     state.path = scopePath(state.scope);
     state.signedIn = true;
     signinError(null);
