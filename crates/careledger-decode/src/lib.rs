@@ -28,7 +28,8 @@ use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Schema, SchemaRef};
 
 /// The media type of an Excel workbook (.xlsx).
-pub const XLSX_MEDIA_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+pub const XLSX_MEDIA_TYPE: &str =
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
 
 /// Rows per decoded batch.
 pub const DECODE_BATCH_ROWS: usize = 8192;
@@ -63,7 +64,9 @@ pub struct Decoded {
 pub enum BodyFormat {
     JsonArray,
     Ndjson,
-    Csv { gb18030: bool },
+    Csv {
+        gb18030: bool,
+    },
     /// An Excel workbook (.xlsx): its first sheet, see [`decode_sheet`].
     Xlsx,
 }

@@ -112,13 +112,14 @@ fn first_sheet(body: &[u8]) -> Result<calamine::Range<Data>, DecodeError> {
 pub fn sheet_records(body: &[u8]) -> Result<Vec<usize>, DecodeError> {
     let range = first_sheet(body)?;
     let first_row = range.start().map_or(0, |s| s.0 as usize);
-    let mut rows = range.rows().enumerate().map(|(i, r)| (first_row + i + 1, r));
+    let mut rows = range
+        .rows()
+        .enumerate()
+        .map(|(i, r)| (first_row + i + 1, r));
     rows.by_ref()
         .find(|(_, r)| r.iter().any(|c| !matches!(c, Data::Empty)))
         .ok_or_else(|| DecodeError::malformed("the first sheet is empty: no header row"))?;
-    let mut records: Vec<(usize, bool)> = rows
-        .map(|(n, r)| (n, blank(r)))
-        .collect();
+    let mut records: Vec<(usize, bool)> = rows.map(|(n, r)| (n, blank(r))).collect();
     while records.last().is_some_and(|(_, blank)| *blank) {
         records.pop();
     }
@@ -133,7 +134,10 @@ pub(crate) fn decode(
 ) -> Result<Decoded, DecodeError> {
     let range = first_sheet(body)?;
     let (first_row, first_col) = range.start().unwrap_or((0, 0));
-    let mut rows = range.rows().enumerate().map(|(i, r)| (first_row as usize + i + 1, r));
+    let mut rows = range
+        .rows()
+        .enumerate()
+        .map(|(i, r)| (first_row as usize + i + 1, r));
     // The header: the first row with any cell.
     let (header_at, header) = rows
         .by_ref()
@@ -152,9 +156,11 @@ pub(crate) fn decode(
             feeds.push(None);
             continue;
         }
-        let Some(f) = spec.columns.iter().position(|c| {
-            normal(&c.field) == key || c.headers.iter().any(|h| normal(h) == key)
-        }) else {
+        let Some(f) = spec
+            .columns
+            .iter()
+            .position(|c| normal(&c.field) == key || c.headers.iter().any(|h| normal(h) == key))
+        else {
             return Err(DecodeError::malformed(format!(
                 "header {:?} (column {}, row {header_at}) names no field of this table in mapping profile {}; the fields are {} (their Chinese headers are listed in the profile)",
                 shown(&text, 64),
@@ -300,7 +306,11 @@ fn read_cell(cell: &Data, kind: &CellKind) -> Result<Option<String>, String> {
     Ok(Some(match kind {
         CellKind::PersonalId => match cell {
             Data::String(s) => {
-                let s: String = s.trim().trim_start_matches('\'').split_whitespace().collect();
+                let s: String = s
+                    .trim()
+                    .trim_start_matches('\'')
+                    .split_whitespace()
+                    .collect();
                 if looks_scientific(&s) {
                     return Err(id_as_number());
                 }
@@ -353,7 +363,9 @@ fn looks_scientific(s: &str) -> bool {
         return false;
     };
     !mantissa.is_empty()
-        && mantissa.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+        && mantissa
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
         && !exp.is_empty()
         && exp.chars().all(|c| c.is_ascii_digit())
 }
@@ -397,7 +409,9 @@ fn text_date(s: &str) -> String {
         && y.len() == 4
         && (1..=2).contains(&m.len())
         && (1..=2).contains(&d.len())
-        && [y, m, d].iter().all(|p| p.chars().all(|c| c.is_ascii_digit()))
+        && [y, m, d]
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_digit()))
     {
         return format!("{y}-{m:0>2}-{d:0>2}");
     }

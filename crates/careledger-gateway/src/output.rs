@@ -343,7 +343,11 @@ fn with_suppressed_column(batch: &RecordBatch, s: &Suppression) -> Result<Record
     ));
     let mut fields: Vec<arrow_schema::Field> =
         schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(arrow_schema::Field::new("suppressed", DataType::Utf8, false));
+    fields.push(arrow_schema::Field::new(
+        "suppressed",
+        DataType::Utf8,
+        false,
+    ));
     let mut cols = batch.columns().to_vec();
     cols.push(column);
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
@@ -400,23 +404,25 @@ pub fn with_labels(
         fields.push(f.as_ref().clone());
         cols.push(col.clone());
         let domain = labels.iter().find(|(n, _)| n == f.name()).map(|(_, d)| d);
-        let lookup: Box<dyn Fn(&str) -> Option<String>> = match domain {
-            Some(LabelDomain::Regions) => Box::new(|code: &str| {
-                careledger_model::regions().get(code).map(|r| r.name.clone())
-            }),
-            Some(LabelDomain::Codes(list)) => {
-                let list = careledger_model::vocabulary().list(list);
-                Box::new(move |code: &str| {
-                    list.get(code).map(|c| match lang {
-                        Lang::Zh => c.zh.clone(),
-                        Lang::En => c.en.clone(),
-                    })
-                })
-            }
+        let domain = match domain {
+            Some(d @ (LabelDomain::Regions | LabelDomain::Codes(_))) => d,
             Some(LabelDomain::Months) | None => continue,
         };
-        let text = arrow_cast::cast(col, &DataType::Utf8)
-            .map_err(|e| Problem::internal("labels", &e))?;
+        let lookup =
+            |code: &str| match domain {
+                LabelDomain::Codes(list) => careledger_model::vocabulary()
+                    .list(list)
+                    .get(code)
+                    .map(|c| match lang {
+                        Lang::Zh => c.zh.clone(),
+                        Lang::En => c.en.clone(),
+                    }),
+                _ => careledger_model::regions()
+                    .get(code)
+                    .map(|r| r.name.clone()),
+            };
+        let text =
+            arrow_cast::cast(col, &DataType::Utf8).map_err(|e| Problem::internal("labels", &e))?;
         let text = text.as_string::<i32>();
         let values: Vec<Option<String>> = (0..batch.num_rows())
             .map(|r| {

@@ -431,7 +431,9 @@ async fn answer_sql(
                         ("SQL".into(), sql_text.chars().take(2000).collect()),
                         (
                             "知识时点 known_at".into(),
-                            known_at_text.clone().unwrap_or_else(|| "最新 latest".into()),
+                            known_at_text
+                                .clone()
+                                .unwrap_or_else(|| "最新 latest".into()),
                         ),
                         ("数据截至 reflects".into(), reflects_line(&reflects)),
                     ],
@@ -519,7 +521,10 @@ pub async fn list_reports(
         .filter(|r| p.role != Role::Dashboard || r.audience.as_deref() != Some("analyst"))
         .collect();
     // Who asks, so that a page can start at the caller's own region.
-    Ok(Json(json!({"reports": list, "role": p.role.as_string(), "scope": p.scope})).into_response())
+    Ok(
+        Json(json!({"reports": list, "role": p.role.as_string(), "scope": p.scope}))
+            .into_response(),
+    )
 }
 
 /// `GET /v1/reports/{name}`: with ETag / If-None-Match and a bounded result cache.

@@ -70,9 +70,7 @@ pub fn write(
         row += 1;
     }
     if !suppressed.is_empty() {
-        sheet
-            .write_blank(row, 0, &hidden)
-            .map_err(xlsx_problem)?;
+        sheet.write_blank(row, 0, &hidden).map_err(xlsx_problem)?;
         sheet
             .write_string(
                 row,
@@ -89,7 +87,9 @@ pub fn write(
             .write_string_with_format(row, c as u16, f.name(), &header)
             .map_err(xlsx_problem)?;
         let width = (f.name().chars().count() as f64 + 2.0).clamp(10.0, 40.0);
-        sheet.set_column_width(c as u16, width).map_err(xlsx_problem)?;
+        sheet
+            .set_column_width(c as u16, width)
+            .map_err(xlsx_problem)?;
     }
     let header_row = row;
     sheet
@@ -99,7 +99,9 @@ pub fn write(
         for r in 0..batch.num_rows() {
             let at = (header_row + 1 + r as u32, c as u16);
             if suppressed.contains(&(r, c)) {
-                sheet.write_blank(at.0, at.1, &hidden).map_err(xlsx_problem)?;
+                sheet
+                    .write_blank(at.0, at.1, &hidden)
+                    .map_err(xlsx_problem)?;
                 continue;
             }
             write_cell(sheet, at, col, r, &date)?;

@@ -265,7 +265,8 @@ fn local_encode(
     batches: &[arrow_array::RecordBatch],
 ) -> Result<Bytes> {
     let batch = concat(schema, batches).map_err(|p| anyhow::anyhow!("{}", p.detail))?;
-    encode(format, &batch, None, usize::MAX, None, None).map_err(|p| anyhow::anyhow!("{}", p.detail))
+    encode(format, &batch, None, usize::MAX, None, None)
+        .map_err(|p| anyhow::anyhow!("{}", p.detail))
 }
 
 /// The body of a successful answer, or the server's problem as an error.

@@ -199,7 +199,11 @@ pub(crate) async fn run(mut args: DemoArgs) -> Result<()> {
     println!(
         "  curl -s {base}/v1/sql -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"sql\": \"SELECT exit_reason, count(*) FROM status_episodes GROUP BY 1\"}}'"
     );
+    println!(
+        "  curl -s -OJ '{base}/v1/reports/entries?from={year_start}&to={to}&level=city&format=xlsx' -H \"Authorization: Bearer $TOKEN\"   # a workbook"
+    );
     println!("  curl -s {base}/v1/openapi.json");
+    println!("  the dashboard page: {base}/ (sign in with the token above)");
     if args.exit {
         return running.finish(true).await;
     }

@@ -64,7 +64,9 @@ pub(crate) struct PushArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Csv { gb18030: bool },
+    Csv {
+        gb18030: bool,
+    },
     Ndjson,
     JsonArray,
     /// An Excel workbook: sent whole (its first sheet; the server maps the headers).
@@ -295,7 +297,10 @@ fn chunk_file(
             let rows = careledger_decode::sheet_records(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             if rows.is_empty() {
-                bail!("{}: the first sheet has a header and no rows", path.display());
+                bail!(
+                    "{}: the first sheet has a header and no rows",
+                    path.display()
+                );
             }
             let places = rows
                 .into_iter()

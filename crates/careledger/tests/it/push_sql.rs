@@ -704,9 +704,16 @@ fn push_takes_a_workbook_with_chinese_headers() {
     let source = server.token("civil_affairs");
     let mut book = rust_xlsxwriter::Workbook::new();
     let sheet = book.add_worksheet();
-    for (c, h) in ["序号", "记录编号", "记录版本", "身份证件号码", "居住地行政区划代码", "民族"]
-        .iter()
-        .enumerate()
+    for (c, h) in [
+        "序号",
+        "记录编号",
+        "记录版本",
+        "身份证件号码",
+        "居住地行政区划代码",
+        "民族",
+    ]
+    .iter()
+    .enumerate()
     {
         sheet.write_string(0, c as u16, *h).unwrap();
     }
@@ -739,9 +746,15 @@ fn push_takes_a_workbook_with_chinese_headers() {
     let listed = std::fs::read_to_string(&rejects).unwrap();
     let row = listed.lines().nth(1).unwrap_or_default();
     assert!(
-        row.starts_with(&format!("{},3,2,id_number,field.spreadsheet,", path.display())),
+        row.starts_with(&format!(
+            "{},3,2,id_number,field.spreadsheet,",
+            path.display()
+        )),
         "sheet row 3, record 2: {listed}"
     );
-    assert!(row.contains("Excel stored the ID number as a number"), "{row}");
+    assert!(
+        row.contains("Excel stored the ID number as a number"),
+        "{row}"
+    );
     server.stop();
 }
