@@ -228,6 +228,26 @@ pub fn decode_records(
     if format == BodyFormat::Xlsx {
         return xlsx::decode(body, wire, &SheetSpec::plain(wire), max_rows);
     }
+    refuse_nul(body)?;
+    match format {
+        BodyFormat::JsonArray => json::decode_json_array(strip_bom(body), wire, max_rows),
+        BodyFormat::Ndjson => json::decode_ndjson(strip_bom(body), wire, max_rows),
+        BodyFormat::Csv { gb18030 } => {
+            let text = csv_text(body, gb18030)?;
+            csv::decode_csv(text.trim_start_matches('\u{feff}'), wire, max_rows).map(|batches| {
+                Decoded {
+                    batches,
+                    faults: Vec::new(),
+                }
+            })
+        }
+        BodyFormat::Xlsx => unreachable!("answered above"),
+    }
+}
+
+/// Text bodies never hold a NUL byte: one refuses the body (with a hint when it looks like
+/// UTF-16 or a binary file).
+fn refuse_nul(body: &[u8]) -> Result<(), DecodeError> {
     if let Some(at) = body.iter().position(|b| *b == 0) {
         let hint = if body.len() > 1 && body.iter().filter(|b| **b == 0).count() * 4 >= body.len() {
             " (the body looks like UTF-16 or a binary file; send UTF-8 text, or GB18030 for CSV)"
@@ -238,36 +258,45 @@ pub fn decode_records(
             "the body holds a NUL byte at byte offset {at}; text bodies never contain one{hint}"
         )));
     }
-    match format {
-        BodyFormat::JsonArray => json::decode_json_array(strip_bom(body), wire, max_rows),
-        BodyFormat::Ndjson => json::decode_ndjson(strip_bom(body), wire, max_rows),
-        BodyFormat::Csv { gb18030 } => {
-            let text: std::borrow::Cow<'_, str> = if gb18030 {
-                // A BOM wins over the declared charset (spreadsheets add a UTF-8 one when they
-                // save "CSV UTF-8"): encoding_rs sniffs and removes it.
-                let (text, _, had_errors) = encoding_rs::GB18030.decode(body);
-                if had_errors {
-                    return Err(DecodeError::malformed("body is not valid GB18030 text"));
-                }
-                text
-            } else {
-                let body = strip_bom(body);
-                std::borrow::Cow::Borrowed(std::str::from_utf8(body).map_err(|e| {
-                    DecodeError::malformed(format!(
-                        "body is not valid UTF-8 at byte {}; if the file was saved from a spreadsheet in China, send Content-Type: text/csv; charset=gb18030",
-                        e.valid_up_to()
-                    ))
-                })?)
-            };
-            csv::decode_csv(text.trim_start_matches('\u{feff}'), wire, max_rows).map(|batches| {
-                Decoded {
-                    batches,
-                    faults: Vec::new(),
-                }
-            })
+    Ok(())
+}
+
+/// A CSV body as text: GB18030 or UTF-8 (a BOM removed).
+fn csv_text(body: &[u8], gb18030: bool) -> Result<std::borrow::Cow<'_, str>, DecodeError> {
+    if gb18030 {
+        // A BOM wins over the declared charset (spreadsheets add a UTF-8 one when they save
+        // "CSV UTF-8"): encoding_rs sniffs and removes it.
+        let (text, _, had_errors) = encoding_rs::GB18030.decode(body);
+        if had_errors {
+            return Err(DecodeError::malformed("body is not valid GB18030 text"));
         }
-        BodyFormat::Xlsx => unreachable!("answered above"),
+        Ok(text)
+    } else {
+        let body = strip_bom(body);
+        Ok(std::borrow::Cow::Borrowed(std::str::from_utf8(body).map_err(|e| {
+            DecodeError::malformed(format!(
+                "body is not valid UTF-8 at byte {}; if the file was saved from a spreadsheet in China, send Content-Type: text/csv; charset=gb18030",
+                e.valid_up_to()
+            ))
+        })?))
     }
+}
+
+/// A CSV body saved from a spreadsheet, read through the same mapping as [`decode_sheet`]:
+/// headers may be the profile's Chinese ones, and typed fields' values are read as text cells
+/// of a sheet are (dates, thousands separators, code labels, an ID number in scientific
+/// notation refused). Text fields stay as sent. The checks of [`decode_records`] (NUL bytes,
+/// charset, row limit) hold.
+pub fn decode_csv_sheet(
+    gb18030: bool,
+    body: &[u8],
+    wire: &SchemaRef,
+    spec: &SheetSpec,
+    max_rows: usize,
+) -> Result<Decoded, DecodeError> {
+    refuse_nul(body)?;
+    let text = csv_text(body, gb18030)?;
+    csv::decode_csv_mapped(text.trim_start_matches('\u{feff}'), wire, spec, max_rows)
 }
 
 /// An `.xlsx` body read through a mapping of its headers and cells onto the wire schema

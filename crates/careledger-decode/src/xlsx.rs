@@ -78,7 +78,7 @@ impl SheetSpec {
 
 /// Headers compare without spaces, ASCII case, full-width brackets or a trailing `*` (a
 /// required-field mark).
-fn normal(header: &str) -> String {
+pub(crate) fn normal(header: &str) -> String {
     header
         .trim()
         .trim_end_matches(['*', '＊'])
@@ -296,7 +296,7 @@ fn number_text(f: f64) -> String {
 }
 
 /// One cell as the field's wire text (`None`: empty).
-fn read_cell(cell: &Data, kind: &CellKind) -> Result<Option<String>, String> {
+pub(crate) fn read_cell(cell: &Data, kind: &CellKind) -> Result<Option<String>, String> {
     match cell {
         Data::Empty => return Ok(None),
         Data::Error(e) => return Err(format!("the cell holds the spreadsheet error {e}")),

@@ -424,8 +424,13 @@ type Prepared = (Vec<RecordBatch>, Option<RecordBatch>);
 /// the token's source and region scope: a scoped source writes only rows inside its scope.
 /// How a source's `.xlsx` sheets of a table map onto its fields: headers from the mapping
 /// profiles (`schemas/v1/sheets/`), each field's kind from the contract, code labels from the
-/// code lists; a sheet with no `source` column is the sender's, one with no `op` upserts.
-fn sheet_spec(spec: &careledger_model::TableSpec, source: &str) -> SheetSpec {
+/// code lists; a sheet with no `source` column is the sender's, and (workbooks only,
+/// `upsert_by_default`) one with no `op` upserts.
+fn sheet_spec(
+    spec: &careledger_model::TableSpec,
+    source: &str,
+    upsert_by_default: bool,
+) -> SheetSpec {
     use careledger_model::FieldKind;
     let (profile, headers, ignore) = careledger_model::sheet_headers(source, spec.table);
     let columns = spec
@@ -451,7 +456,7 @@ fn sheet_spec(spec: &careledger_model::TableSpec, source: &str) -> SheetSpec {
             },
             default: match f.name.as_str() {
                 "source" => Some(source.to_string()),
-                "op" => Some("upsert".to_string()),
+                "op" if upsert_by_default => Some("upsert".to_string()),
                 _ => None,
             },
         })
@@ -475,11 +480,20 @@ fn prepare(
     let spec = table.spec();
     // Records the decoder refused (unknown or malformed fields, an NDJSON line that is not
     // an object) are row errors like any other: validation rejects their rows with them.
+    // Spreadsheets (workbooks, and CSV saved from them) go through the mapping profiles.
     let decoded = if format == BodyFormat::Xlsx {
         careledger_decode::decode_sheet(
             bytes,
             &spec.wire_schema(),
-            &sheet_spec(spec, sender.0),
+            &sheet_spec(spec, sender.0, true),
+            state.config.max_rows_per_body,
+        )?
+    } else if let BodyFormat::Csv { gb18030 } = format {
+        careledger_decode::decode_csv_sheet(
+            gb18030,
+            bytes,
+            &spec.wire_schema(),
+            &sheet_spec(spec, sender.0, false),
             state.config.max_rows_per_body,
         )?
     } else {

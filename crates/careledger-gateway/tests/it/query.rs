@@ -197,6 +197,13 @@ async fn every_output_format_parses_with_a_real_reader() {
             .starts_with("text/csv")
     );
     let (s, headers, body) = sql(&h, &t["admin"], q, "xlsx").await;
+    assert_eq!(s, StatusCode::OK, "{}", json_of(&body));
+    assert_eq!(
+        headers["content-type"],
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    );
+    assert_eq!(&body[..2], b"PK", "a zip container");
+    let (s, headers, body) = sql(&h, &t["admin"], q, "xls").await;
     assert_problem(&headers, &json_of(&body), StatusCode::BAD_REQUEST, s);
 }
 
@@ -590,6 +597,7 @@ async fn openapi_lists_every_route_and_every_route_exists() {
         for (method, op) in ops.as_object().unwrap() {
             let concrete = path
                 .replace("{table}", "women")
+                .replace("{name}", "app.js")
                 .replace("{id}", "0190d6a0-0000-7000-8000-000000000000");
             let req = Request::builder()
                 .method(method.to_uppercase().as_str())

@@ -469,3 +469,66 @@ async fn dashboard_downloads_keep_numbers_numeric_where_cells_are_suppressed() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+/// CSV saved from such a sheet (GB18030, as Excel on a Chinese-locale Windows saves it) reads
+/// through the same profiles: Chinese headers, `2024/11/7`, `"1,200.00"`, labels, and an ID
+/// number shown as `4.50123E+17` refused with the same advice.
+#[tokio::test]
+async fn csv_saved_from_a_spreadsheet_reads_like_the_workbook() {
+    let h = Harness::new().await;
+    let tok = h.tok("civil_affairs").to_string();
+    let women = format!(
+        "序号,记录编号,记录版本,操作,身份证号,行政区划代码,民族\n1,w-1,1,upsert,{},450123100201,汉族\n",
+        id(1)
+    );
+    let (s, _, r) = h
+        .post("/v1/ingest/women", &tok, "text/csv", women, &[])
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let text = format!(
+        "记录编号,记录版本,操作,身份证号,措施,服务类型,服务日期,金额（元）\n\
+         s-1,1,upsert,{},解困帮扶,临时救助,2024/11/7,\"1,200.00\"\n\
+         s-2,1,upsert,4.50123E+17,M1,temporary_assistance,2024-11-07,5\n",
+        id(1)
+    );
+    let (gb, _, _) = encoding_rs::GB18030.encode(&text);
+    let (s, _, r) = h
+        .post(
+            "/v1/ingest/services?atomic=false",
+            &tok,
+            "text/csv; charset=gb18030",
+            gb.to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        (r["rows_accepted"].as_u64(), r["rows_rejected"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["errors"][0]["row"], 2, "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Excel stored the ID number"),
+        "{r}"
+    );
+    let admin = h
+        .tokens
+        .create("csv-admin", &careledger_gateway::Role::Admin, None)
+        .unwrap();
+    let (s, _, b) = sql(
+        &h,
+        &admin,
+        "SELECT measure, service_type, CAST(service_date AS VARCHAR), CAST(amount_yuan AS VARCHAR) FROM services",
+        "json",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", json_of(&b));
+    assert_eq!(
+        json_of(&b)["rows"],
+        serde_json::json!([["M1", "temporary_assistance", "2024-11-07", "1200.00"]])
+    );
+}
