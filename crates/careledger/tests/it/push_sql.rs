@@ -224,20 +224,26 @@ fn push_files_with_invalid_rows_then_query_server_and_local_store_then_maintain(
     );
     assert!(listed.contains(&format!("{},150,150,id_number", many_path.display())));
 
-    // A file type it cannot read is refused before anything is sent.
-    let odd = dir.path().join("women.xlsx");
-    std::fs::write(&odd, b"PK").unwrap();
-    let out = careledger()
-        .args(["push", "--table", "women", "--server", &server.url])
-        .args(["--token", &source])
-        .arg(&odd)
-        .output()
-        .unwrap();
-    assert!(
-        text(&out).1.contains("unknown file type"),
-        "{:?}",
-        text(&out)
-    );
+    // A file type it cannot read, or a workbook that is not one, is refused before anything
+    // is sent.
+    for (name, bytes, says) in [
+        ("women.xls", &b"\xd0\xcf\x11\xe0"[..], "unknown file type"),
+        ("women.xlsx", &b"PK"[..], "not a readable .xlsx workbook"),
+    ] {
+        let odd = dir.path().join(name);
+        std::fs::write(&odd, bytes).unwrap();
+        let out = careledger()
+            .args(["push", "--table", "women", "--server", &server.url])
+            .args(["--token", &source])
+            .arg(&odd)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() && text(&out).1.contains(says),
+            "{name}: {:?}",
+            text(&out)
+        );
+    }
 
     server.stop();
 
