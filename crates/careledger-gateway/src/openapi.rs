@@ -487,7 +487,7 @@ pub fn document() -> Value {
                     "application/json": {"schema": {"type": "array", "items": rows}},
                     "application/x-ndjson": {"schema": {"type": "string"}},
                     "text/csv": {"schema": {"type": "string"}},
-                    careledger_decode::XLSX_MEDIA_TYPE: {"description": "The first sheet of a workbook; headers are field names or the Chinese headers of the mapping profiles (schemas/v1/sheets/).", "schema": {"type": "string", "contentMediaType": careledger_decode::XLSX_MEDIA_TYPE}}}});
+                    careledger_decode::XLSX_MEDIA_TYPE: {"schema": {"type": "string", "contentMediaType": careledger_decode::XLSX_MEDIA_TYPE, "description": "The first sheet of a workbook; headers are field names or the Chinese headers of the mapping profiles (schemas/v1/sheets/)."}}}});
                 json_ok(
                     "The receipt, after the rows are committed (or validated, dry_run).",
                     "Receipt",
