@@ -1,7 +1,14 @@
 //! The `audit` table: every query and report run (token, role, request, rows, duration,
 //! outcome), written in the background in small batches so a query never waits for it.
+//!
+//! The entries waiting to be written are bounded, never dropped: they are counted in bytes,
+//! and while they pass the backlog limit (the store is not taking the writes, or takes them
+//! slower than queries come) new queries and reports are refused with 503 `audit-backlog`
+//! and `Retry-After`, through every door. A write that fails is retried with the same entries
+//! until it succeeds (or, at shutdown, a few times; then the loss is logged).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
@@ -31,6 +38,16 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
+    /// What the entry holds in memory, roughly: its texts and a fixed part.
+    fn size(&self) -> usize {
+        128 + self.token_name.len()
+            + self.role.len()
+            + self.scope.as_ref().map_or(0, String::len)
+            + self.request.len()
+            + self.params.as_ref().map_or(0, String::len)
+            + self.outcome.len()
+    }
+
     pub fn new<T>(
         p: &Principal,
         kind: &'static str,
@@ -63,27 +80,65 @@ impl AuditEntry {
     }
 }
 
+/// The default limit of entries waiting to be written.
+pub const AUDIT_BACKLOG_BYTES: usize = 64 << 20;
+
 /// The background writer.
 #[derive(Debug)]
 pub struct AuditLog {
     tx: std::sync::Mutex<Option<mpsc::UnboundedSender<AuditEntry>>>,
     handle: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Bytes of entries recorded and not yet written.
+    pending: Arc<AtomicUsize>,
+    limit: usize,
 }
 
 impl AuditLog {
-    pub fn start(store: Arc<Store>) -> AuditLog {
+    /// A writer holding at most about `limit` bytes of entries before [`AuditLog::admit`]
+    /// refuses new queries.
+    pub fn start(store: Arc<Store>, limit: usize) -> AuditLog {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(run(store, rx));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let handle = tokio::spawn(run(store, rx, pending.clone()));
         AuditLog {
             tx: std::sync::Mutex::new(Some(tx)),
             handle: std::sync::Mutex::new(Some(handle)),
+            pending,
+            limit,
         }
     }
 
     pub fn record(&self, entry: AuditEntry) {
         if let Some(tx) = self.tx.lock().expect("lock").as_ref() {
-            let _ = tx.send(entry);
+            let size = entry.size();
+            self.pending.fetch_add(size, Ordering::SeqCst);
+            if tx.send(entry).is_err() {
+                self.pending.fetch_sub(size, Ordering::SeqCst);
+            }
         }
+    }
+
+    /// Bytes of entries waiting to be written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Refuses a new query (503 `audit-backlog`, Retry-After) while the entries waiting to be
+    /// written pass the limit: a query that could not be audited is not run.
+    pub fn admit(&self) -> Result<(), Problem> {
+        let pending = self.pending_bytes();
+        if pending <= self.limit {
+            return Ok(());
+        }
+        Err(Problem::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            AUDIT_BACKLOG,
+            format!(
+                "the audit log has {} KiB of entries not yet written (the limit is {} KiB): the store is behind, and no query runs unaudited; retry in a few seconds",
+                pending / 1024,
+                self.limit / 1024
+            ),
+        ))
     }
 
     /// Writes what is pending and stops.
@@ -96,7 +151,14 @@ impl AuditLog {
     }
 }
 
-async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<AuditEntry>) {
+/// The slug of the refusal while the audit log is behind (answered with Retry-After).
+pub const AUDIT_BACKLOG: &str = "audit-backlog";
+
+async fn run(
+    store: Arc<Store>,
+    mut rx: mpsc::UnboundedReceiver<AuditEntry>,
+    pending: Arc<AtomicUsize>,
+) {
     while let Some(first) = rx.recv().await {
         let mut entries = vec![first];
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
@@ -106,23 +168,41 @@ async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<AuditEntry>) {
                 _ => break,
             }
         }
-        match batch(&entries) {
-            Ok(b) => {
-                if let Err(e) = store
-                    .append(
-                        AUDIT,
-                        Append {
-                            batches: vec![b],
-                            ..Append::default()
-                        },
-                    )
-                    .await
-                {
-                    tracing::error!(%e, lost = entries.len(), "writing the audit log failed");
+        let size: usize = entries.iter().map(AuditEntry::size).sum();
+        let b = match batch(&entries) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(%e, lost = entries.len(), "building the audit batch failed");
+                pending.fetch_sub(size, Ordering::SeqCst);
+                continue;
+            }
+        };
+        // The same entries again until the store takes them; while it does not, the backlog
+        // grows and new queries are refused. Once the server stops taking entries (shutdown),
+        // a few more tries.
+        let mut wait = Duration::from_millis(200);
+        let mut tries_after_close = 0;
+        loop {
+            let append = Append {
+                batches: vec![b.clone()],
+                ..Append::default()
+            };
+            match store.append(AUDIT, append).await {
+                Ok(_) => break,
+                Err(e) => {
+                    let closing = rx.is_closed();
+                    tries_after_close += usize::from(closing);
+                    if tries_after_close > 3 {
+                        tracing::error!(%e, lost = entries.len(), "writing the audit log failed at shutdown");
+                        break;
+                    }
+                    tracing::warn!(%e, entries = entries.len(), retry_in_ms = wait.as_millis() as u64, "writing the audit log failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
                 }
             }
-            Err(e) => tracing::error!(%e, "building the audit batch failed"),
         }
+        pending.fetch_sub(size, Ordering::SeqCst);
     }
 }
 

@@ -575,6 +575,9 @@ pub(crate) async fn run(
                 ),
             ));
         }
+        if let Some(log) = &engine.audit {
+            log.admit()?;
+        }
         let slot = engine
             .slots
             .clone()
@@ -604,7 +607,9 @@ pub(crate) async fn run(
     match outcome {
         Ok((ran, derived)) => Ok((ran, derived, audit)),
         Err(e) => {
-            if !describe {
+            // A refusal for the audit backlog is not itself audited: that would grow the
+            // backlog it refuses for.
+            if !describe && e.slug != crate::audit::AUDIT_BACKLOG {
                 audit.finish(Err(&e));
             }
             Err(e)

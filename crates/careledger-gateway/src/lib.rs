@@ -143,7 +143,10 @@ impl AppState {
             config.query.disclosure_k,
             key.derive_secret("publication noise"),
         );
-        let audit_log = Arc::new(audit::AuditLog::start(store.clone()));
+        let audit_log = Arc::new(audit::AuditLog::start(
+            store.clone(),
+            config.query.audit_backlog_bytes,
+        ));
         let deriver = derive_task::DeriverTask::start(
             warehouse.deriver().clone(),
             metrics.clone(),

@@ -49,6 +49,9 @@ pub struct QueryConfig {
     /// Every query waits (within `timeout`) until the derived tables reflect every commit
     /// made before it arrived, as if it asked `wait_for=latest` (`serve --read-your-writes`).
     pub read_your_writes: bool,
+    /// Bytes of audit entries waiting to be written past which new queries are refused (503
+    /// audit-backlog, Retry-After).
+    pub audit_backlog_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -62,6 +65,7 @@ impl Default for QueryConfig {
             cache_entries: 64,
             max_sql_bytes: 100 * 1024,
             read_your_writes: false,
+            audit_backlog_bytes: crate::audit::AUDIT_BACKLOG_BYTES,
         }
     }
 }
@@ -540,6 +544,7 @@ pub async fn run_report(
         return Err(forbid(&p, "read reports"));
     }
     let spec = reports::find(&name).map_err(query_problem)?;
+    state.audit_log.admit()?;
     if p.role == Role::Dashboard && spec.audience.as_deref() == Some("analyst") {
         return Err(forbid(
             &p,

@@ -964,3 +964,52 @@ async fn csv_downloads_open_in_excel_on_a_chinese_windows() {
     let (back, _, bad) = encoding_rs::GB18030.decode(&gb);
     assert!(!bad && back == std::str::from_utf8(&plain_sql).unwrap());
 }
+
+/// The audit entries waiting to be written are bounded: past the limit, a query or report is
+/// refused (503 audit-backlog, Retry-After) instead of running unaudited or growing the
+/// backlog, and taken again once the writer has caught up. Nothing recorded is dropped.
+#[tokio::test]
+async fn a_backlogged_audit_log_refuses_queries_until_it_catches_up() {
+    let (h, t) = seeded(GatewayConfig {
+        query: QueryConfig {
+            // One entry is past it: the writer gathers entries for up to 500 ms first.
+            audit_backlog_bytes: 1,
+            ..QueryConfig::default()
+        },
+        ..GatewayConfig::default()
+    })
+    .await;
+    let admin = &t["admin"];
+    let (s, _, b) = sql(&h, admin, "SELECT count(*) FROM women", "json").await;
+    assert_eq!(s, StatusCode::OK, "{}", json_of(&b));
+    assert!(h.state.audit_log.pending_bytes() > 1);
+    let (s, headers, b) = sql(&h, admin, "SELECT 2", "json").await;
+    assert_problem(&headers, &json_of(&b), StatusCode::SERVICE_UNAVAILABLE, s);
+    assert_eq!(headers["retry-after"], "2");
+    assert!(
+        json_of(&b)["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("audit-backlog"),
+        "{}",
+        json_of(&b)
+    );
+    let (s, headers, _) = get(&h, admin, "/v1/reports/stock?as_of=2024-06-30", &[]).await;
+    assert_eq!(
+        (s, &headers["retry-after"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &"2".parse().unwrap())
+    );
+    // Once the entry is written, queries run again.
+    let mut waited = 0;
+    while h.state.audit_log.pending_bytes() > 0 {
+        assert!(waited < 100, "the audit entry was not written in 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let (s, _, b) = sql(&h, admin, "SELECT 3", "json").await;
+    assert_eq!(s, StatusCode::OK, "{}", json_of(&b));
+    h.state.audit_log.drain().await;
+    let audit = crate::read_table(&h.state.store, "audit").await;
+    let rows: usize = audit.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 2, "the two queries that ran, not the refusals");
+}
