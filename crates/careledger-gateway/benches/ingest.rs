@@ -55,6 +55,7 @@ async fn run(total_rows: usize, concurrency: usize) -> (Duration, usize, u64) {
         commit: CommitConfig {
             window: Duration::from_millis(50),
             max_rows: 200_000,
+            receipt_cache: careledger_gateway::commit::RECEIPT_CACHE,
         },
         ..GatewayConfig::default()
     };

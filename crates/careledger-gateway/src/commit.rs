@@ -31,6 +31,9 @@ pub struct CommitConfig {
     pub window: Duration,
     /// A group is committed as soon as it holds this many rows.
     pub max_rows: usize,
+    /// Receipts of idempotency keys held in memory (the newest; an older key's receipt is
+    /// read back from its commit when the key is sent again).
+    pub receipt_cache: usize,
 }
 
 impl Default for CommitConfig {
@@ -38,6 +41,7 @@ impl Default for CommitConfig {
         CommitConfig {
             window: Duration::from_millis(50),
             max_rows: 200_000,
+            receipt_cache: RECEIPT_CACHE,
         }
     }
 }
@@ -52,16 +56,67 @@ pub struct Job {
 }
 
 /// Idempotency keys and sequence numbers known to this process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Dedup {
-    /// (source, key) → the original receipt.
-    keys: Mutex<HashMap<(String, String), Receipt>>,
+    /// (source, key) digest → the table and the commit that hold its receipt: about 60 bytes
+    /// a key, whatever the receipt's size.
+    index: Mutex<HashMap<[u8; 16], (Table, u64)>>,
+    /// The newest receipts, at most `capacity`; an older one is read back from its commit.
+    receipts: Mutex<ReceiptCache>,
     /// (source, key) of batches not yet answered.
     inflight: Mutex<HashSet<(String, String)>>,
     /// source → highest committed Batch-Seq.
     committed_seq: Mutex<HashMap<String, i64>>,
     /// source → Batch-Seqs accepted but not yet committed.
     reserved_seq: Mutex<HashMap<String, HashSet<i64>>>,
+}
+
+/// Receipts by key digest, the oldest inserted evicted first.
+#[derive(Debug, Default)]
+struct ReceiptCache {
+    capacity: usize,
+    map: HashMap<[u8; 16], Receipt>,
+    order: std::collections::VecDeque<[u8; 16]>,
+}
+
+impl ReceiptCache {
+    fn insert(&mut self, id: [u8; 16], r: Receipt) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.insert(id, r).is_none() {
+            self.order.push_back(id);
+        }
+        while self.map.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Receipts held in memory by default (older ones are read from the store when a key is sent
+/// again).
+pub const RECEIPT_CACHE: usize = 10_000;
+
+/// The digest that stands for a source's idempotency key in memory.
+fn key_digest(source: &str, key: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new()
+        .chain_update(source.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    d[..16].try_into().expect("16 bytes")
+}
+
+impl Default for Dedup {
+    fn default() -> Dedup {
+        Dedup::new(RECEIPT_CACHE)
+    }
 }
 
 /// What the gateway decides about a batch before queueing it.
@@ -72,6 +127,25 @@ pub enum Admission {
 }
 
 impl Dedup {
+    /// Holding at most `receipts` receipts in memory.
+    pub fn new(receipts: usize) -> Dedup {
+        Dedup {
+            index: Mutex::new(HashMap::new()),
+            receipts: Mutex::new(ReceiptCache {
+                capacity: receipts,
+                ..ReceiptCache::default()
+            }),
+            inflight: Mutex::new(HashSet::new()),
+            committed_seq: Mutex::new(HashMap::new()),
+            reserved_seq: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Receipts held in memory now.
+    pub fn cached_receipts(&self) -> usize {
+        self.receipts.lock().expect("lock").map.len()
+    }
+
     /// The highest committed Batch-Seq of `source` (None: it never sent one).
     pub fn committed_seq(&self, source: &str) -> Option<i64> {
         self.committed_seq
@@ -81,20 +155,59 @@ impl Dedup {
             .copied()
     }
 
-    /// Checks a batch's key and sequence; on `Fresh` both are reserved until [`Dedup::release`].
-    pub fn admit(
+    /// The receipt of a committed key: from memory, or read back from the commit holding it.
+    async fn receipt(
         &self,
+        store: &Store,
+        source: &str,
+        key: &str,
+    ) -> Result<Option<Receipt>, Problem> {
+        let id = key_digest(source, key);
+        let Some((table, version)) = self.index.lock().expect("lock").get(&id).copied() else {
+            return Ok(None);
+        };
+        if let Some(r) = self.receipts.lock().expect("lock").map.get(&id) {
+            return Ok(Some(r.clone()));
+        }
+        let value = store
+            .commit_metadata_at(table.as_str(), version, RECEIPTS_KEY)
+            .await
+            .map_err(|e| Problem::internal("reading the original receipt", &e))?;
+        let receipts: Vec<Receipt> = value
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let found = receipts.into_iter().find(|r| {
+            r.source == source
+                && !r.idempotency_key_redacted
+                && r.idempotency_key.as_deref() == Some(key)
+        });
+        let Some(mut r) = found else {
+            return Err(Problem::internal(
+                "reading the original receipt",
+                &format!("commit {version} of {table} does not hold it"),
+            ));
+        };
+        r.table_version = Some(version);
+        self.receipts.lock().expect("lock").insert(id, r.clone());
+        Ok(Some(r))
+    }
+
+    /// Checks a batch's key and sequence; on `Fresh` both are reserved until [`Dedup::release`].
+    /// A key sent before gets its original receipt back, read from the store when it is no
+    /// longer held in memory.
+    pub async fn admit(
+        &self,
+        store: &Store,
         source: &str,
         key: Option<&str>,
         seq: Option<i64>,
     ) -> Result<Admission, Problem> {
         if let Some(key) = key {
-            let id = (source.to_string(), key.to_string());
-            if let Some(r) = self.keys.lock().expect("lock").get(&id) {
-                let mut r = r.clone();
+            if let Some(mut r) = self.receipt(store, source, key).await? {
                 r.duplicate = true;
                 return Ok(Admission::Duplicate(Box::new(r)));
             }
+            let id = (source.to_string(), key.to_string());
             if !self.inflight.lock().expect("lock").insert(id) {
                 return Err(Problem::new(
                     axum::http::StatusCode::CONFLICT,
@@ -103,6 +216,12 @@ impl Dedup {
                         "a batch with Idempotency-Key {key:?} is being committed; retry in a moment to get its receipt"
                     ),
                 ));
+            }
+            // Committed between the look-up and the reservation: answer it as a duplicate.
+            if let Some(mut r) = self.receipt(store, source, key).await? {
+                self.release_key(source, Some(key));
+                r.duplicate = true;
+                return Ok(Admission::Duplicate(Box::new(r)));
             }
         }
         let mut gap = None;
@@ -151,14 +270,24 @@ impl Dedup {
         }
     }
 
-    /// Ends a reservation; on success records the receipt and sequence.
+    /// Ends a reservation; on success records where the receipt is (and keeps it in memory
+    /// among the newest) and the sequence.
     pub fn release(&self, receipt: &Receipt, committed: bool) {
         if committed {
-            if let Some(key) = &receipt.idempotency_key {
-                self.keys
+            if let (Some(key), Some(version), Some(table)) = (
+                &receipt.idempotency_key,
+                receipt.table_version,
+                Table::parse(&receipt.table),
+            ) {
+                let id = key_digest(&receipt.source, key);
+                self.index
                     .lock()
                     .expect("lock")
-                    .insert((receipt.source.clone(), key.clone()), receipt.clone());
+                    .insert(id, (table, version));
+                self.receipts
+                    .lock()
+                    .expect("lock")
+                    .insert(id, receipt.clone());
             }
             if let Some(seq) = receipt.batch_seq {
                 let mut c = self.committed_seq.lock().expect("lock");
@@ -178,7 +307,8 @@ impl Dedup {
         self.release_key(&receipt.source, receipt.idempotency_key.as_deref());
     }
 
-    /// Loads what the store already holds: receipts from commit metadata, sequences from txns.
+    /// Loads what the store already holds: where each key's receipt is (and the newest
+    /// receipts) from commit metadata, sequences from txns.
     pub async fn load(&self, store: &Store) -> Result<(), careledger_store::StoreError> {
         let sources: Vec<String> = careledger_model::vocabulary()
             .list("sources")
@@ -187,13 +317,20 @@ impl Dedup {
             .map(|c| c.code.clone())
             .collect();
         for t in Table::ALL {
-            for value in store.commit_metadata(t.as_str(), RECEIPTS_KEY).await? {
+            for (version, value) in store
+                .commit_metadata_versions(t.as_str(), RECEIPTS_KEY)
+                .await?
+            {
                 let receipts: Vec<Receipt> = serde_json::from_value(value).unwrap_or_default();
-                let mut keys = self.keys.lock().expect("lock");
+                let mut index = self.index.lock().expect("lock");
+                let mut cache = self.receipts.lock().expect("lock");
                 // A masked key is not the sender's: that batch's retry is found by its `txn`.
-                for r in receipts.into_iter().filter(|r| !r.idempotency_key_redacted) {
+                for mut r in receipts.into_iter().filter(|r| !r.idempotency_key_redacted) {
                     if let Some(k) = &r.idempotency_key {
-                        keys.insert((r.source.clone(), k.clone()), r.clone());
+                        let id = key_digest(&r.source, k);
+                        index.insert(id, (t, version));
+                        r.table_version = Some(version);
+                        cache.insert(id, r);
                     }
                 }
             }

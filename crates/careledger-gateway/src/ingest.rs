@@ -296,7 +296,11 @@ pub async fn ingest(
     let admission = if dry_run {
         Admission::Fresh { seq_gap: None }
     } else {
-        state.committer.dedup.admit(source, key.as_deref(), seq)?
+        state
+            .committer
+            .dedup
+            .admit(&state.store, source, key.as_deref(), seq)
+            .await?
     };
     let seq_gap = match admission {
         Admission::Duplicate(r) => return Ok((StatusCode::OK, Json(*r)).into_response()),

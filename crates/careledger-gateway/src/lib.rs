@@ -125,7 +125,7 @@ impl AppState {
         key: PseudonymKey,
         config: GatewayConfig,
     ) -> Result<Arc<AppState>, careledger_store::StoreError> {
-        let dedup = Arc::new(Dedup::default());
+        let dedup = Arc::new(Dedup::new(config.commit.receipt_cache));
         dedup.load(&store).await?;
         let metrics = Arc::new(metrics::Metrics::default());
         let committer = Committer::start(store.clone(), dedup, config.commit, metrics.clone());

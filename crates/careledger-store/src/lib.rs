@@ -658,6 +658,54 @@ impl Store {
     }
 
     /// The values of commit-metadata `key` over the table's history, newest first.
+    /// The value under `key` in the commitInfo of every commit of `name` that has one, with
+    /// the commit's version, oldest first (commit files cleaned up are skipped).
+    pub async fn commit_metadata_versions(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<Vec<(u64, serde_json::Value)>> {
+        let table = self.refresh(name).await?;
+        let Some(latest) = table.version() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for version in 0..=latest as u64 {
+            if let Some(v) = self.commit_metadata_at(name, version, key).await? {
+                out.push((version, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The value under `key` in the commitInfo of commit `version` of `name` (None: the
+    /// commit has no such value, or its file was cleaned up).
+    pub async fn commit_metadata_at(
+        &self,
+        name: &str,
+        version: u64,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let table = self.table(name).await?;
+        let Some(bytes) = table.log_store().read_commit_entry(version).await? else {
+            return Ok(None);
+        };
+        for line in bytes.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let action: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+                StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
+                    "table {name}: commit {version} does not read: {e}"
+                )))
+            })?;
+            if let Some(v) = action.get("commitInfo").and_then(|c| c.get(key)) {
+                return Ok(Some(v.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn commit_metadata(&self, name: &str, key: &str) -> Result<Vec<serde_json::Value>> {
         let table = self.refresh(name).await?;
         let mut out = Vec::new();

@@ -57,6 +57,7 @@ async fn the_size_limit_holds_after_decompression_and_unknown_encodings_are_name
         commit: CommitConfig {
             window: std::time::Duration::from_millis(20),
             max_rows: 100_000,
+            receipt_cache: careledger_gateway::commit::RECEIPT_CACHE,
         },
         ..GatewayConfig::default()
     })

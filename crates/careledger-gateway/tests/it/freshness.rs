@@ -17,6 +17,7 @@ async fn harness() -> (Harness, String) {
         commit: CommitConfig {
             window: Duration::from_millis(20),
             max_rows: 100_000,
+            receipt_cache: careledger_gateway::commit::RECEIPT_CACHE,
         },
         ..GatewayConfig::default()
     })

@@ -194,3 +194,94 @@ async fn a_refused_parameter_does_not_hold_the_idempotency_key() {
     assert_eq!(r["duplicate"], false, "{r}");
     assert_eq!(h.count("women").await, 1);
 }
+
+/// Receipts held in memory are bounded: with room for two, the first of five keyed batches is
+/// answered from its commit when retried, equal to its original receipt, in this process and
+/// after a restart.
+#[tokio::test]
+async fn receipts_beyond_the_memory_bound_are_read_back_from_their_commits() {
+    let h = Harness::with_config(careledger_gateway::GatewayConfig {
+        commit: careledger_gateway::CommitConfig {
+            receipt_cache: 2,
+            ..careledger_gateway::CommitConfig::default()
+        },
+        ..careledger_gateway::GatewayConfig::default()
+    })
+    .await;
+    let tok = h.tok("civil_affairs");
+    let mut first = Vec::new();
+    for b in 0..5u32 {
+        let rows: Vec<Value> = (b * 3..b * 3 + 3)
+            .map(|n| woman(n, "civil_affairs"))
+            .collect();
+        let key = format!("bounded-{b}");
+        let (s, _, r) = h
+            .post(
+                "/v1/ingest/women",
+                tok,
+                "application/x-ndjson",
+                ndjson(&rows),
+                &[("idempotency-key", &key)],
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        first.push((key, rows, r));
+    }
+    assert!(h.state.committer.dedup.cached_receipts() <= 2);
+    let (key, rows, original) = &first[0];
+    let (s, _, again) = h
+        .post(
+            "/v1/ingest/women",
+            tok,
+            "application/x-ndjson",
+            ndjson(rows),
+            &[("idempotency-key", key)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["duplicate"], true);
+    for field in [
+        "batch_id",
+        "table_version",
+        "rows_accepted",
+        "received_at",
+        "committed_at",
+        "commit_group",
+    ] {
+        assert_eq!(
+            again[field], original[field],
+            "{field}: {again} vs {original}"
+        );
+    }
+    assert!(h.state.committer.dedup.cached_receipts() <= 2);
+    assert_eq!(h.count("women").await, 15, "nothing stored twice");
+
+    // A restarted gateway holds at most two receipts too, and finds the others in the store.
+    let (_, app) = h.reopen().await;
+    for (key, rows, original) in &first {
+        let (s, _, again) = post_to(
+            &app,
+            "/v1/ingest/women",
+            tok,
+            "application/x-ndjson",
+            ndjson(rows),
+            &[("idempotency-key", key)],
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{again}");
+        assert_eq!(
+            (
+                &again["duplicate"],
+                &again["batch_id"],
+                &again["table_version"]
+            ),
+            (
+                &Value::Bool(true),
+                &original["batch_id"],
+                &original["table_version"]
+            ),
+            "{key}"
+        );
+    }
+    assert_eq!(h.count("women").await, 15);
+}

@@ -324,6 +324,7 @@ async fn concurrent_senders_are_group_committed_and_every_row_lands_once() {
         commit: careledger_gateway::CommitConfig {
             window: std::time::Duration::from_millis(150),
             max_rows: 1_000_000,
+            receipt_cache: careledger_gateway::commit::RECEIPT_CACHE,
         },
         ..Default::default()
     })

@@ -54,6 +54,7 @@ impl Harness {
             commit: CommitConfig {
                 window: Duration::from_millis(20),
                 max_rows: 100_000,
+                receipt_cache: careledger_gateway::commit::RECEIPT_CACHE,
             },
             ..GatewayConfig::default()
         })

@@ -31,6 +31,7 @@ async fn a_date_is_in_the_future_by_the_configured_zone() {
         commit: CommitConfig {
             window: Duration::from_millis(20),
             max_rows: 100_000,
+            receipt_cache: careledger_gateway::commit::RECEIPT_CACHE,
         },
         time_zone: zone,
         ..GatewayConfig::default()
