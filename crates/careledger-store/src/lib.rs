@@ -670,7 +670,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for version in 0..=latest as u64 {
+        for version in 0..=latest {
             if let Some(v) = self.commit_metadata_at(name, version, key).await? {
                 out.push((version, v));
             }
