@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod commit;
+pub mod compact_task;
 pub mod derive_task;
 pub mod disclosure;
 pub mod engine;
@@ -70,6 +71,9 @@ pub struct GatewayConfig {
     /// Whether this gateway derives the store's ledger (false: another process does, and this
     /// one only reads what it reflects).
     pub derive: bool,
+    /// Background compaction of the pushed tables, `batches`, `rejects` and `audit` (off by
+    /// default; `careledger serve` turns it on for the process that holds a local store).
+    pub compaction: compact_task::CompactionConfig,
 }
 
 impl Default for GatewayConfig {
@@ -86,6 +90,7 @@ impl Default for GatewayConfig {
             query: QueryConfig::default(),
             time_zone: careledger_model::LocalZone::default(),
             derive: true,
+            compaction: compact_task::CompactionConfig::default(),
         }
     }
 }
@@ -112,6 +117,8 @@ pub struct AppState {
     pub audit_log: Arc<audit::AuditLog>,
     /// Maintains the derived tables beside the queries (stopped when the state is dropped).
     pub deriver: derive_task::DeriverTask,
+    /// Background compaction (when configured), stopped at [`AppState::drain`].
+    compactor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// How long a query snapshot may be reused by a server that derives its store.
@@ -161,6 +168,11 @@ impl AppState {
             audit_log.clone(),
             metrics.clone(),
         ));
+        let compactor = compact_task::start(
+            store.clone(),
+            config.compaction,
+            engine::query_runtime().handle(),
+        );
         let config_budget_kib = config.ingest_budget_bytes.div_ceil(1024).max(1);
         Ok(Arc::new(AppState {
             store,
@@ -177,6 +189,7 @@ impl AppState {
             metrics,
             audit_log,
             deriver,
+            compactor: std::sync::Mutex::new(compactor),
         }))
     }
 
@@ -188,6 +201,10 @@ impl AppState {
     /// two minutes, so a clean stop leaves the derived ledger current for readers of the
     /// store) and stops the background tasks.
     pub async fn drain(&self) {
+        // A compaction cut short commits nothing (its files are left for vacuum).
+        if let Some(c) = self.compactor.lock().expect("lock").take() {
+            c.abort();
+        }
         self.committer.drain().await;
         self.audit_log.drain().await;
         if self.config.derive {

@@ -39,6 +39,8 @@ pub enum StoreError {
     Delta(#[from] deltalake::DeltaTableError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StoreError {
@@ -157,6 +159,10 @@ pub struct Store {
     writer: WriterProperties,
     /// Per table: application-transaction versions read from the commits seen so far.
     txns: Mutex<HashMap<String, TxnIndex>>,
+    /// Per table: held for the whole of a compaction, so two never overlap in this process
+    /// (two overlapping OPTIMIZEs of one table both commit, and the rows they rewrite are
+    /// then stored twice).
+    compactions: HashMap<&'static str, Mutex<()>>,
 }
 
 /// The application transactions (`txn` actions) of one table, kept up to date by reading only
@@ -268,6 +274,7 @@ impl Store {
             .keys()
             .map(|name| (*name, Mutex::new(None)))
             .collect();
+        let compactions = tables.keys().map(|name| (*name, Mutex::new(()))).collect();
         let store = Store {
             root,
             tables,
@@ -275,6 +282,7 @@ impl Store {
             known,
             writer: writer_properties(),
             txns: Mutex::default(),
+            compactions,
         };
         for (name, slot) in &store.tables {
             if let Ok(table) = slot.try_lock() {
@@ -778,6 +786,24 @@ fn keep_logs() -> CommitProperties {
     CommitProperties::default().with_cleanup_expired_logs(Some(false))
 }
 
+/// An exclusive `flock` on `path` (created if missing), waited for on the blocking pool;
+/// released when the file is dropped.
+async fn compaction_lock(path: std::path::PathBuf) -> Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(std::io::Error::from)?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    .map_err(StoreError::Io)
+}
+
 /// Records the `txn` actions of one commit file (newline-delimited JSON actions) in `apps`.
 fn read_txn_actions(
     commit: &[u8],
@@ -874,17 +900,35 @@ impl Store {
     /// OPTIMIZE, bin-packing). Rows, and so every query answer, are unchanged; concurrent
     /// appends from a running server do not conflict with it.
     pub async fn compact(&self, name: &str, target_bytes: u64) -> Result<CompactStats> {
-        let mut guard = self.latest(name).await?;
+        // One compaction of a table at a time: in this process by its mutex, across processes
+        // sharing a local store by an exclusive lock on `.compact-<table>.lock` in its root
+        // (held until the rewrite is committed). A store elsewhere (S3) has no such lock: run
+        // one `maintain` at a time there, and no background compaction.
+        let _in_process = self
+            .compactions
+            .get(name)
+            .ok_or_else(|| StoreError::UnknownTable(name.to_string()))?
+            .lock()
+            .await;
+        let _across_processes = match self.local_dir() {
+            Some(dir) => Some(compaction_lock(dir.join(format!(".compact-{name}.lock"))).await?),
+            None => None,
+        };
+        // The rewrite runs on a copy: readers keep the slot (and the version they have) until
+        // it is committed.
+        let start = self.latest(name).await?.clone();
         let target = std::num::NonZeroU64::new(target_bytes.max(1)).expect("at least 1");
-        let (table, metrics) = guard
-            .clone()
+        let (table, metrics) = start
             .optimize()
             .with_commit_properties(keep_logs())
             .with_target_size(target)
             .with_writer_properties(self.writer.clone())
             .await?;
         let version = table.version().unwrap_or_default();
-        self.install(name, &mut guard, table);
+        let mut slot = self.slot(name)?.lock().await;
+        if slot.version() < table.version() {
+            self.install(name, &mut slot, table);
+        }
         Ok(CompactStats {
             files_removed: metrics.num_files_removed,
             files_added: metrics.num_files_added,
@@ -892,6 +936,12 @@ impl Store {
             bytes_added: metrics.files_added.total_size.max(0) as u64,
             version,
         })
+    }
+
+    /// The number of data files of `name` at its latest version (loads its file list).
+    pub async fn file_count(&self, name: &str) -> Result<usize> {
+        let table = self.refresh(name).await?;
+        Ok(table.get_file_uris()?.count())
     }
 
     /// Writes a Delta checkpoint at the latest version of `name`, so that opening the table

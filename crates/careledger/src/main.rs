@@ -122,6 +122,11 @@ struct ServeArgs {
     /// loader (its batches commit at once); the default suits many small steady senders.
     #[arg(long, env = "CARELEDGER_COMMIT_WINDOW_MS", default_value_t = 50)]
     commit_window_ms: u64,
+    /// Background compaction: a pushed table, `batches`, `rejects` or `audit` with more data
+    /// files than this is compacted (looked at every 30 s). 0 turns it off. Only the process
+    /// that holds a local store's deriver lock compacts; on S3 run `careledger maintain`.
+    #[arg(long, env = "CARELEDGER_COMPACT_MAX_FILES", default_value_t = 64)]
+    compact_max_files: usize,
     /// Largest accepted request body, in MiB.
     #[arg(long, env = "CARELEDGER_MAX_BODY_MIB", default_value_t = 64)]
     max_body_mib: usize,
@@ -343,6 +348,7 @@ struct ServeFile {
     state_dir: Option<PathBuf>,
     listen: Option<String>,
     commit_window_ms: Option<u64>,
+    compact_max_files: Option<usize>,
     max_body_mib: Option<usize>,
     request_timeout_s: Option<u64>,
     header_timeout_s: Option<u64>,
@@ -392,6 +398,12 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     }
     if let Some(v) = file.commit_window_ms.filter(|_| unset("commit_window_ms")) {
         args.commit_window_ms = v;
+    }
+    if let Some(v) = file
+        .compact_max_files
+        .filter(|_| unset("compact_max_files"))
+    {
+        args.compact_max_files = v;
     }
     if let Some(v) = file.max_body_mib.filter(|_| unset("max_body_mib")) {
         args.max_body_mib = v;
@@ -697,6 +709,14 @@ pub(crate) async fn start(args: &ServeArgs) -> Result<Running> {
             .map_err(anyhow::Error::msg)
             .context("--time-zone")?,
         derive: deriver_lock.is_some() || store.local_dir().is_none(),
+        // The compaction lock is a local file lock: on S3 two servers could overlap.
+        compaction: careledger_gateway::compact_task::CompactionConfig {
+            enabled: args.compact_max_files > 0
+                && deriver_lock.is_some()
+                && store.local_dir().is_some(),
+            max_files: args.compact_max_files,
+            ..Default::default()
+        },
         ..GatewayConfig::default()
     };
     let state = AppState::start(store.clone(), tokens.clone(), key, config).await?;

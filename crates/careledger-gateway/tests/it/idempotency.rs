@@ -285,3 +285,86 @@ async fn receipts_beyond_the_memory_bound_are_read_back_from_their_commits() {
     }
     assert_eq!(h.count("women").await, 15);
 }
+
+/// Background compaction keeps file counts bounded while keeping every row once, every
+/// receipt (a retried key still gets its original) and every `known_at` answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_compaction_bounds_files_and_keeps_rows_receipts_and_known_at() {
+    let h = Harness::with_config(careledger_gateway::GatewayConfig {
+        compaction: careledger_gateway::compact_task::CompactionConfig {
+            enabled: true,
+            max_files: 4,
+            interval: std::time::Duration::from_millis(100),
+            ..Default::default()
+        },
+        ..careledger_gateway::GatewayConfig::default()
+    })
+    .await;
+    let tok = h.tok("civil_affairs");
+    let mut receipts = Vec::new();
+    for b in 0..12u32 {
+        let rows: Vec<Value> = (b * 2..b * 2 + 2)
+            .map(|n| woman(n, "civil_affairs"))
+            .collect();
+        let key = format!("compact-{b}");
+        let (s, _, r) = h
+            .post(
+                "/v1/ingest/women",
+                tok,
+                "application/x-ndjson",
+                ndjson(&rows),
+                &[("idempotency-key", &key)],
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        receipts.push((key, rows, r));
+    }
+    let analyst = h.tok("analyst");
+    let known_at = receipts[5].2["committed_at"].as_str().unwrap().to_string();
+    let count_at = |known_at: String| {
+        let body =
+            serde_json::json!({"sql": "SELECT count(*) AS n FROM women", "known_at": known_at})
+                .to_string();
+        post_to(&h.app, "/v1/sql", analyst, "application/json", body, &[])
+    };
+    let (s, _, before) = count_at(known_at.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{before}");
+    assert_eq!(
+        before["rows"][0][0], 12,
+        "six batches of two were known then"
+    );
+
+    let mut waited = 0;
+    loop {
+        let files = h.state.store.file_count("women").await.unwrap();
+        if files <= 4 {
+            break;
+        }
+        assert!(waited < 100, "women still has {files} files after 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(h.count("women").await, 24, "every row once");
+    let (s, _, after) = count_at(known_at).await;
+    assert_eq!(
+        (s, &after["rows"]),
+        (StatusCode::OK, &before["rows"]),
+        "known_at answers are unchanged"
+    );
+    let (key, rows, original) = &receipts[0];
+    let (s, _, again) = h
+        .post(
+            "/v1/ingest/women",
+            tok,
+            "application/x-ndjson",
+            ndjson(rows),
+            &[("idempotency-key", key)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(
+        (&again["duplicate"], &again["batch_id"]),
+        (&Value::Bool(true), &original["batch_id"])
+    );
+    assert_eq!(h.count("women").await, 24);
+}
