@@ -268,7 +268,8 @@ def careledger_ingest(binary, work, batches, senders, label):
 
     first_rate = rate(done[:tenth], t0) if done else 0.0
     last_rate = rate(done[-tenth:], done[-tenth - 1][0]) if len(done) > tenth else first_rate
-    # Parquet files each table holds after the load (no `maintain` ran).
+    # Parquet files each table holds after the load (no `maintain` ran): on disk (files that
+    # a compaction replaced stay until vacuum) and in the table's latest version.
     files = {}
     for root, _dirs, names in os.walk(store):
         if "_delta_log" in root:
@@ -276,6 +277,16 @@ def careledger_ingest(binary, work, batches, senders, label):
         n = sum(1 for f in names if f.endswith(".parquet"))
         if n:
             files[os.path.relpath(root, store)] = n
+    active = {}
+    try:
+        from deltalake import DeltaTable
+        for t in files:
+            try:
+                active[t] = len(DeltaTable(os.path.join(store, t)).file_uris())
+            except Exception:  # not a table root (a partition directory)
+                pass
+    except ImportError:
+        pass
     return {
         "senders": senders, "batches": len(batches), "rows_sent": rows,
         "rows_accepted": stats["accepted"], "rows_rejected": stats["rejected_rows"],
@@ -284,7 +295,7 @@ def careledger_ingest(binary, work, batches, senders, label):
         "ack_p50_ms": pct(stats["lat"], 50) * 1000, "ack_p99_ms": pct(stats["lat"], 99) * 1000,
         "peak_rss_mib": server.peak_rss_kib / 1024, "store": store,
         "first_tenth_rows_per_s": first_rate, "last_tenth_rows_per_s": last_rate,
-        "parquet_files": files,
+        "parquet_files": files, "active_files": active,
     }
 
 
@@ -927,13 +938,17 @@ def render(results_dir, out_path):
                 "",
                 "Does a commit cost more as the table grows? The rate of the first and the last tenth of "
                 "the batches (by acknowledgement), and the Parquet files the pushed tables hold after the "
-                "load (no `maintain` ran):",
+                "load (no `maintain` ran; on disk, and in brackets in the table's latest version where "
+                "background compaction replaced some):",
                 "",
                 "| senders | first tenth rows/s | last tenth rows/s | last ÷ first | Parquet files per table |",
                 "|---:|---:|---:|---:|---|",
             ]
             for i in tenths:
-                fl = ", ".join(f"{t} {n}" for t, n in sorted(i.get("parquet_files", {}).items()) if "/" not in t)
+                active = i.get("active_files", {})
+                fl = ", ".join(
+                    f"{t} {n}" + (f" ({active[t]} in the table)" if t in active and active[t] != n else "")
+                    for t, n in sorted(i.get("parquet_files", {}).items()) if "/" not in t)
                 lines.append(
                     f"| {i['senders']} | {f_rate(i['first_tenth_rows_per_s'])} | {f_rate(i['last_tenth_rows_per_s'])} | "
                     f"{i['last_tenth_rows_per_s'] / max(i['first_tenth_rows_per_s'], 1e-9):.2f} | {fl} |"

@@ -790,10 +790,12 @@ fn keep_logs() -> CommitProperties {
 /// released when the file is dropped.
 async fn compaction_lock(path: std::path::PathBuf) -> Result<std::fs::File> {
     tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(std::io::Error::from)?;
@@ -902,7 +904,8 @@ impl Store {
     pub async fn compact(&self, name: &str, target_bytes: u64) -> Result<CompactStats> {
         // One compaction of a table at a time: in this process by its mutex, across processes
         // sharing a local store by an exclusive lock on `.compact-<table>.lock` in its root
-        // (held until the rewrite is committed). A store elsewhere (S3) has no such lock: run
+        // (held until the rewrite is committed; `derived/x` locks `.compact-derived-x.lock`).
+        // A store elsewhere (S3) has no such lock: run
         // one `maintain` at a time there, and no background compaction.
         let _in_process = self
             .compactions
@@ -911,7 +914,10 @@ impl Store {
             .lock()
             .await;
         let _across_processes = match self.local_dir() {
-            Some(dir) => Some(compaction_lock(dir.join(format!(".compact-{name}.lock"))).await?),
+            Some(dir) => Some(
+                compaction_lock(dir.join(format!(".compact-{}.lock", name.replace('/', "-"))))
+                    .await?,
+            ),
             None => None,
         };
         // The rewrite runs on a copy: readers keep the slot (and the version they have) until
