@@ -6,15 +6,13 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use arrow_array::Array;
-use arrow_array::builder::StringBuilder;
-use arrow_array::cast::AsArray;
-use calamine::Data;
-
-use crate::xlsx::{normal, read_cell};
+use crate::xlsx::read_text;
 use crate::{
     CellKind, DECODE_BATCH_ROWS, DecodeError, Decoded, RecordFault, SheetSpec, known_fields, shown,
 };
+use arrow_array::Array;
+use arrow_array::builder::StringBuilder;
+use arrow_array::cast::AsArray;
 
 /// Splits a CSV header line into names (quotes removed).
 fn header_names(line: &str) -> Vec<String> {
@@ -26,6 +24,15 @@ fn header_names(line: &str) -> Vec<String> {
 
 fn invalid(e: impl std::fmt::Display) -> DecodeError {
     DecodeError::malformed(format!("invalid CSV: {e}"))
+}
+
+/// The rows of `text` (after its header line) as batches of `schema`, every column text.
+fn reader(text: &str, schema: SchemaRef) -> Result<arrow_csv::Reader<Cursor<&[u8]>>, DecodeError> {
+    arrow_csv::ReaderBuilder::new(schema)
+        .with_header(true)
+        .with_batch_size(DECODE_BATCH_ROWS)
+        .build(Cursor::new(text.as_bytes()))
+        .map_err(invalid)
 }
 
 pub(crate) fn decode_csv(
@@ -69,11 +76,7 @@ pub(crate) fn decode_csv(
             .map(|n| Field::new(n, DataType::Utf8, true))
             .collect::<Vec<_>>(),
     ));
-    let reader = arrow_csv::ReaderBuilder::new(file_schema)
-        .with_header(true)
-        .with_batch_size(DECODE_BATCH_ROWS)
-        .build(Cursor::new(text.as_bytes()))
-        .map_err(invalid)?;
+    let reader = reader(text, file_schema)?;
     let mut out = Vec::new();
     let mut rows = 0usize;
     for batch in reader {
@@ -120,27 +123,24 @@ pub(crate) fn decode_csv_mapped(
             wire.fields().len()
         )));
     }
-    let ignore: Vec<String> = spec.ignore.iter().map(|h| normal(h)).collect();
     // Which spec column each CSV column feeds (None: left out).
     let mut feeds: Vec<Option<usize>> = Vec::new();
     for (i, name) in header_names(header_line).iter().enumerate() {
-        let key = normal(name);
-        if ignore.contains(&key) {
-            feeds.push(None);
-            continue;
-        }
-        let Some(f) = spec
-            .columns
-            .iter()
-            .position(|c| normal(&c.field) == key || c.headers.iter().any(|h| normal(h) == key))
-        else {
-            return Err(DecodeError::malformed(format!(
-                "CSV header column {} is {:?}, which is not a field nor a header of mapping profile {}; the fields are {}",
-                i + 1,
-                shown(name, 64),
-                spec.profile,
-                known_fields(wire)
-            )));
+        let f = match spec.column_of(name) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                feeds.push(None);
+                continue;
+            }
+            Err(()) => {
+                return Err(DecodeError::malformed(format!(
+                    "CSV header column {} is {:?}, which is not a field nor a header of mapping profile {}; the fields are {}",
+                    i + 1,
+                    shown(name, 64),
+                    spec.profile,
+                    known_fields(wire)
+                )));
+            }
         };
         if feeds.contains(&Some(f)) {
             return Err(DecodeError::malformed(format!(
@@ -155,11 +155,7 @@ pub(crate) fn decode_csv_mapped(
             .map(|i| Field::new(format!("c{i}"), DataType::Utf8, true))
             .collect::<Vec<_>>(),
     ));
-    let reader = arrow_csv::ReaderBuilder::new(file_schema)
-        .with_header(true)
-        .with_batch_size(DECODE_BATCH_ROWS)
-        .build(Cursor::new(text.as_bytes()))
-        .map_err(invalid)?;
+    let reader = reader(text, file_schema)?;
     let mut batches = Vec::new();
     let mut faults = Vec::new();
     let mut rows = 0usize;
@@ -197,7 +193,7 @@ pub(crate) fn decode_csv_mapped(
                     b.append_null();
                     continue;
                 }
-                match read_cell(&Data::String(sent.value(r).to_string()), &col.kind) {
+                match read_text(sent.value(r), &col.kind) {
                     Ok(v) => b.append_option(v),
                     Err(why) => {
                         let row = first + r + 1;

@@ -57,6 +57,20 @@ pub struct SheetSpec {
 }
 
 impl SheetSpec {
+    /// The column a header names: `Ok(None)` for a header to leave out, `Ok(Some(i))` for
+    /// `columns[i]` (by its field's name or one of its headers), `Err(())` for none.
+    pub(crate) fn column_of(&self, header: &str) -> Result<Option<usize>, ()> {
+        let key = normal(header);
+        if self.ignore.iter().any(|h| normal(h) == key) {
+            return Ok(None);
+        }
+        self.columns
+            .iter()
+            .position(|c| normal(&c.field) == key || c.headers.iter().any(|h| normal(h) == key))
+            .map(Some)
+            .ok_or(())
+    }
+
     /// Fields matched by their own names only, every cell read as text.
     pub fn plain(wire: &SchemaRef) -> SheetSpec {
         SheetSpec {
@@ -78,7 +92,7 @@ impl SheetSpec {
 
 /// Headers compare without spaces, ASCII case, full-width brackets or a trailing `*` (a
 /// required-field mark).
-pub(crate) fn normal(header: &str) -> String {
+fn normal(header: &str) -> String {
     header
         .trim()
         .trim_end_matches(['*', '＊'])
@@ -148,30 +162,31 @@ pub(crate) fn decode(
     // Which field each column feeds.
     let mut feeds: Vec<Option<usize>> = Vec::with_capacity(header.len());
     let mut seen: Vec<Option<String>> = vec![None; spec.columns.len()];
-    let ignore: Vec<String> = spec.ignore.iter().map(|h| normal(h)).collect();
     for (i, cell) in header.iter().enumerate() {
         let text = cell_text(cell);
-        let key = normal(&text);
-        if key.is_empty() || ignore.contains(&key) {
+        if normal(&text).is_empty() {
             feeds.push(None);
             continue;
         }
-        let Some(f) = spec
-            .columns
-            .iter()
-            .position(|c| normal(&c.field) == key || c.headers.iter().any(|h| normal(h) == key))
-        else {
-            return Err(DecodeError::malformed(format!(
-                "header {:?} (column {}, row {header_at}) names no field of this table in mapping profile {}; the fields are {} (their Chinese headers are listed in the profile)",
-                shown(&text, 64),
-                column_name(i),
-                spec.profile,
-                spec.columns
-                    .iter()
-                    .map(|c| c.field.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+        let f = match spec.column_of(&text) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                feeds.push(None);
+                continue;
+            }
+            Err(()) => {
+                return Err(DecodeError::malformed(format!(
+                    "header {:?} (column {}, row {header_at}) names no field of this table in mapping profile {}; the fields are {} (their Chinese headers are listed in the profile)",
+                    shown(&text, 64),
+                    column_name(i),
+                    spec.profile,
+                    spec.columns
+                        .iter()
+                        .map(|c| c.field.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
         };
         if let Some(before) = &seen[f] {
             return Err(DecodeError::malformed(format!(
@@ -296,26 +311,15 @@ fn number_text(f: f64) -> String {
 }
 
 /// One cell as the field's wire text (`None`: empty).
-pub(crate) fn read_cell(cell: &Data, kind: &CellKind) -> Result<Option<String>, String> {
+fn read_cell(cell: &Data, kind: &CellKind) -> Result<Option<String>, String> {
     match cell {
         Data::Empty => return Ok(None),
         Data::Error(e) => return Err(format!("the cell holds the spreadsheet error {e}")),
-        Data::String(s) if s.trim().is_empty() => return Ok(None),
+        Data::String(s) => return read_text(s, kind),
         _ => {}
     }
     Ok(Some(match kind {
         CellKind::PersonalId => match cell {
-            Data::String(s) => {
-                let s: String = s
-                    .trim()
-                    .trim_start_matches('\'')
-                    .split_whitespace()
-                    .collect();
-                if looks_scientific(&s) {
-                    return Err(id_as_number());
-                }
-                s
-            }
             Data::Int(_) | Data::Float(_) => return Err(id_as_number()),
             _ => return Err("an ID number must be text of 18 characters".into()),
         },
@@ -324,20 +328,17 @@ pub(crate) fn read_cell(cell: &Data, kind: &CellKind) -> Result<Option<String>, 
             Data::Float(f) => serial_date(*f, false)?,
             Data::Int(i) => serial_date(*i as f64, false)?,
             Data::DateTimeIso(s) => s.get(..10).unwrap_or(s).to_string(),
-            Data::String(s) => text_date(s.trim()),
             other => other.to_string(),
         },
         CellKind::Integer | CellKind::Decimal => match cell {
             Data::Int(i) => i.to_string(),
             Data::Float(f) => number_text(*f),
-            Data::String(s) => without_separators(s.trim()),
             other => other.to_string(),
         },
         CellKind::Code(codes) => {
             let raw = match cell {
                 Data::Int(i) => i.to_string(),
                 Data::Float(f) => number_text(*f),
-                Data::String(s) => s.trim().to_string(),
                 other => other.to_string(),
             };
             code_of(&raw, codes, matches!(cell, Data::Int(_) | Data::Float(_)))
@@ -345,10 +346,30 @@ pub(crate) fn read_cell(cell: &Data, kind: &CellKind) -> Result<Option<String>, 
         CellKind::Text => match cell {
             Data::Int(i) => i.to_string(),
             Data::Float(f) => number_text(*f),
-            Data::String(s) => s.trim().to_string(),
             Data::DateTime(d) => cell_date(d)?,
             other => other.to_string(),
         },
+    }))
+}
+
+/// A text cell (or a CSV value) as the field's wire text (`None`: blank).
+pub(crate) fn read_text(s: &str, kind: &CellKind) -> Result<Option<String>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(match kind {
+        CellKind::PersonalId => {
+            let s: String = s.trim_start_matches('\'').split_whitespace().collect();
+            if looks_scientific(&s) {
+                return Err(id_as_number());
+            }
+            s
+        }
+        CellKind::Date => text_date(s),
+        CellKind::Integer | CellKind::Decimal => without_separators(s),
+        CellKind::Code(codes) => code_of(s, codes, false),
+        CellKind::Text => s.to_string(),
     }))
 }
 

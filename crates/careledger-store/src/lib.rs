@@ -713,18 +713,6 @@ impl Store {
         }
         Ok(None)
     }
-
-    pub async fn commit_metadata(&self, name: &str, key: &str) -> Result<Vec<serde_json::Value>> {
-        let table = self.refresh(name).await?;
-        let mut out = Vec::new();
-        let mut stream = table.history(None);
-        while let Some(info) = stream.next().await {
-            if let Some(v) = info?.info.get(key) {
-                out.push(v.clone());
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// Versions between checkpoints (delta-rs's default `checkpointInterval`).

@@ -117,9 +117,12 @@ async fn memory_store_appends_with_transactions_and_metadata() {
     );
     assert_eq!(
         store
-            .commit_metadata(BATCHES, "careledger.test")
+            .commit_metadata_versions(BATCHES, "careledger.test")
             .await
-            .unwrap(),
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect::<Vec<_>>(),
         vec![serde_json::json!([1, 2])]
     );
 }
