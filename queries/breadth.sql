@@ -1,7 +1,7 @@
 -- name: breadth
 -- title_zh: 关爱服务广度
 -- title_en: Breadth: measure areas reached per woman, year to date
--- description: Among women in the ledger at any time from 1 January of as_of's year up to and including as_of, the mean number of distinct measure areas (M1..M7) of services dated in that span inside one of their episodes (women with none count as 0). Region: where she lived on the last day in the span on which she was in the ledger. See docs/reports.md.
+-- description: Among women in the ledger at any time from 1 January of as_of's year up to and including as_of, the mean number of distinct measure areas (M1..M7) of services dated in that span inside one of their episodes (women with none count as 0). Region: where she lived on the last day in the span on which she was in the ledger. Rates are computed exactly (mean_measures_per_woman = measure_reaches / women) and rounded to 4 decimal places, halves away from zero. See docs/reports.md.
 -- publish: labels region_code
 -- publish: rate mean_measures_per_woman = measure_reaches / women
 -- param: as_of date 2024-12-31 | Last day counted
@@ -22,21 +22,41 @@ women AS (
     SELECT person_key, region_code FROM last_run WHERE starts_with(region_code, $region)
 ),
 reached AS (
-    SELECT s.person_key, count(DISTINCT s.measure) AS measures
-    FROM services s
-    JOIN status_episodes e
-      ON e.person_key = s.person_key
-     AND s.service_date >= e.start_date
-     AND (e.end_date IS NULL OR s.service_date < e.end_date)
-    WHERE s.service_date >= CAST(date_trunc('year', $as_of) AS DATE)
-      AND s.service_date < CAST($as_of + INTERVAL '1 day' AS DATE)
-    GROUP BY s.person_key
+    -- The measure areas reached, as bits (M1 = 1, …, M7 = 64) gathered per woman, then
+    -- counted: one group per woman, not per woman and measure.
+    SELECT person_key,
+           CASE WHEN mask & 1 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 2 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 4 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 8 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 16 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 32 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 64 <> 0 THEN 1 ELSE 0 END AS measures
+    FROM (
+        SELECT s.person_key, bit_or(CASE s.measure
+                       WHEN 'M1' THEN 1
+                       WHEN 'M2' THEN 2
+                       WHEN 'M3' THEN 4
+                       WHEN 'M4' THEN 8
+                       WHEN 'M5' THEN 16
+                       WHEN 'M6' THEN 32
+                       WHEN 'M7' THEN 64
+                       ELSE 0 END) AS mask
+        FROM services s
+        JOIN status_episodes e
+          ON e.person_key = s.person_key
+         AND s.service_date >= e.start_date
+         AND (e.end_date IS NULL OR s.service_date < e.end_date)
+        WHERE s.service_date >= CAST(date_trunc('year', $as_of) AS DATE)
+          AND s.service_date < CAST($as_of + INTERVAL '1 day' AS DATE)
+        GROUP BY s.person_key
+    ) AS m
 )
 SELECT w.region_code,
        rg.name AS region_name,
        count(*) AS women,
        sum(coalesce(r.measures, 0)) AS measure_reaches,
-       round(CAST(sum(coalesce(r.measures, 0)) AS DOUBLE) / count(*), 4) AS mean_measures_per_woman,
+       exact_rate(sum(coalesce(r.measures, 0)), count(*)) AS mean_measures_per_woman,
        sum(cell_key(w.person_key)) AS women__ck,
        sum(CASE WHEN coalesce(r.measures, 0) > 0 THEN cell_key(w.person_key) ELSE 0 END) AS measure_reaches__ck
 FROM women w

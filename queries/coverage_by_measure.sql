@@ -1,7 +1,7 @@
 -- name: coverage_by_measure
 -- title_zh: 关爱服务覆盖率（按措施）
 -- title_en: Coverage by measure area
--- description: C(m, P) = distinct women with at least one service of measure m dated in [from, to) inside one of their episodes, divided by distinct women in the ledger at any time in [from, to). Each woman counts in the region where she lived on the last day in the period on which she was in the ledger. See docs/reports.md.
+-- description: C(m, P) = distinct women with at least one service of measure m dated in [from, to) inside one of their episodes, divided by distinct women in the ledger at any time in [from, to). Each woman counts in the region where she lived on the last day in the period on which she was in the ledger. Rates are computed exactly (coverage = women_served / women_in_ledger) and rounded to 4 decimal places, halves away from zero. See docs/reports.md.
 -- publish: labels region_code measure=measures
 -- publish: rate coverage = women_served / women_in_ledger
 -- param: from date 2024-01-01 | First day of the period
@@ -21,31 +21,88 @@ denominator AS (
     SELECT person_key, region_code FROM last_run WHERE starts_with(region_code, $region)
 ),
 served AS (
-    SELECT DISTINCT s.person_key, s.measure
+    -- The measure areas of each woman's services dated in the period inside one of her
+    -- episodes, as bits (M1 = 1, M2 = 2, …, M7 = 64): one row per woman, not per woman and
+    -- measure.
+    SELECT s.person_key,
+           bit_or(CASE s.measure
+                       WHEN 'M1' THEN 1
+                       WHEN 'M2' THEN 2
+                       WHEN 'M3' THEN 4
+                       WHEN 'M4' THEN 8
+                       WHEN 'M5' THEN 16
+                       WHEN 'M6' THEN 32
+                       WHEN 'M7' THEN 64
+                       ELSE 0 END) AS measures
     FROM services s
     JOIN status_episodes e
       ON e.person_key = s.person_key
      AND s.service_date >= e.start_date
      AND (e.end_date IS NULL OR s.service_date < e.end_date)
     WHERE s.service_date >= $from AND s.service_date < $to
+    GROUP BY s.person_key
 ),
 measures AS (
     SELECT code AS measure, zh AS measure_zh FROM codes WHERE list = 'measures' AND ($measure = '' OR code = $measure)
+),
+-- Per region: the women in the ledger and, for each measure, those of them served. Each
+-- woman is one row (nothing is multiplied by the seven measures before it is counted).
+per_region AS (
+    SELECT d.region_code,
+           count(*) AS women_in_ledger,
+           sum(cell_key(d.person_key)) AS women_in_ledger__ck,
+           sum(CASE WHEN sv.measures & 1 <> 0 THEN 1 ELSE 0 END) AS served_m1,
+           sum(CASE WHEN sv.measures & 1 <> 0 THEN cell_key(d.person_key) END) AS served_m1__ck,
+           sum(CASE WHEN sv.measures & 2 <> 0 THEN 1 ELSE 0 END) AS served_m2,
+           sum(CASE WHEN sv.measures & 2 <> 0 THEN cell_key(d.person_key) END) AS served_m2__ck,
+           sum(CASE WHEN sv.measures & 4 <> 0 THEN 1 ELSE 0 END) AS served_m3,
+           sum(CASE WHEN sv.measures & 4 <> 0 THEN cell_key(d.person_key) END) AS served_m3__ck,
+           sum(CASE WHEN sv.measures & 8 <> 0 THEN 1 ELSE 0 END) AS served_m4,
+           sum(CASE WHEN sv.measures & 8 <> 0 THEN cell_key(d.person_key) END) AS served_m4__ck,
+           sum(CASE WHEN sv.measures & 16 <> 0 THEN 1 ELSE 0 END) AS served_m5,
+           sum(CASE WHEN sv.measures & 16 <> 0 THEN cell_key(d.person_key) END) AS served_m5__ck,
+           sum(CASE WHEN sv.measures & 32 <> 0 THEN 1 ELSE 0 END) AS served_m6,
+           sum(CASE WHEN sv.measures & 32 <> 0 THEN cell_key(d.person_key) END) AS served_m6__ck,
+           sum(CASE WHEN sv.measures & 64 <> 0 THEN 1 ELSE 0 END) AS served_m7,
+           sum(CASE WHEN sv.measures & 64 <> 0 THEN cell_key(d.person_key) END) AS served_m7__ck
+    FROM denominator d
+    LEFT JOIN served sv ON sv.person_key = d.person_key
+    GROUP BY d.region_code
 )
-SELECT d.region_code,
+SELECT p.region_code,
        rg.name AS region_name,
        m.measure,
        m.measure_zh,
-       -- One denominator row per woman and measure, at most one served row joined to it:
-       -- plain counts are the distinct counts.
-       count(*) AS women_in_ledger,
-       count(sv.person_key) AS women_served,
-       round(CAST(count(sv.person_key) AS DOUBLE) / count(*), 4) AS coverage,
-       sum(DISTINCT cell_key(d.person_key)) AS women_in_ledger__ck,
-       sum(DISTINCT cell_key(sv.person_key)) AS women_served__ck
-FROM denominator d
+       p.women_in_ledger,
+       CASE m.measure
+           WHEN 'M1' THEN p.served_m1
+           WHEN 'M2' THEN p.served_m2
+           WHEN 'M3' THEN p.served_m3
+           WHEN 'M4' THEN p.served_m4
+           WHEN 'M5' THEN p.served_m5
+           WHEN 'M6' THEN p.served_m6
+           WHEN 'M7' THEN p.served_m7
+       END AS women_served,
+       exact_rate(CASE m.measure
+           WHEN 'M1' THEN p.served_m1
+           WHEN 'M2' THEN p.served_m2
+           WHEN 'M3' THEN p.served_m3
+           WHEN 'M4' THEN p.served_m4
+           WHEN 'M5' THEN p.served_m5
+           WHEN 'M6' THEN p.served_m6
+           WHEN 'M7' THEN p.served_m7
+       END, p.women_in_ledger) AS coverage,
+       p.women_in_ledger__ck,
+       CASE m.measure
+           WHEN 'M1' THEN p.served_m1__ck
+           WHEN 'M2' THEN p.served_m2__ck
+           WHEN 'M3' THEN p.served_m3__ck
+           WHEN 'M4' THEN p.served_m4__ck
+           WHEN 'M5' THEN p.served_m5__ck
+           WHEN 'M6' THEN p.served_m6__ck
+           WHEN 'M7' THEN p.served_m7__ck
+       END AS women_served__ck
+FROM per_region p
 CROSS JOIN measures m
-LEFT JOIN served sv ON sv.person_key = d.person_key AND sv.measure = m.measure
-JOIN regions rg ON rg.code = d.region_code
-GROUP BY d.region_code, rg.name, m.measure, m.measure_zh
-ORDER BY d.region_code, m.measure
+JOIN regions rg ON rg.code = p.region_code
+ORDER BY p.region_code, m.measure

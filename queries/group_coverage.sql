@@ -1,7 +1,7 @@
 -- name: group_coverage
 -- title_zh: 重点群体关爱服务覆盖率
 -- title_en: Coverage by measure within each priority group
--- description: For each priority group: women who were in the group and in the ledger on the same day at some time in [from, to); served = those with a service of measure m dated on such a day. Region as in coverage_by_measure. Groups overlap: a woman counts in each of her groups, so never add groups up. See docs/reports.md.
+-- description: For each priority group: women who were in the group and in the ledger on the same day at some time in [from, to); served = those with a service of measure m dated on such a day. Region as in coverage_by_measure. Groups overlap: a woman counts in each of her groups, so never add groups up. Rates are computed exactly (coverage = women_served / women_in_group_and_ledger) and rounded to 4 decimal places, halves away from zero. See docs/reports.md.
 -- publish: labels region_code group_code=priority_groups
 -- publish: rate coverage = women_served / women_in_group_and_ledger
 -- param: from date 2024-01-01 | First day of the period
@@ -47,7 +47,7 @@ SELECT r.region_code,
        i.group_code,
        count(DISTINCT i.person_key) AS women_in_group_and_ledger,
        count(DISTINCT sv.person_key) AS women_served,
-       round(CAST(count(DISTINCT sv.person_key) AS DOUBLE) / count(DISTINCT i.person_key), 4) AS coverage,
+       exact_rate(count(DISTINCT sv.person_key), count(DISTINCT i.person_key)) AS coverage,
        sum(DISTINCT cell_key(i.person_key)) AS women_in_group_and_ledger__ck,
        sum(DISTINCT cell_key(sv.person_key)) AS women_served__ck
 FROM in_group i

@@ -1,7 +1,7 @@
 -- name: revisions
 -- title_zh: 数据修订（冻结时点与较晚时点对比）
 -- title_en: Revisions: stock and coverage as known at a frozen instant vs a later one
--- description: Runs the stock report (on as_of) and the coverage report (measure over [from, to)) twice: as the warehouse knew things at frozen_at, and as it knew them at known_at (default now); shows both and the difference per region. Late reports, corrections and retractions that arrived between the two instants make up the difference. Both instants are parameters, so a revisions table can itself be reproduced later. See docs/reports.md.
+-- description: Runs the stock report (on as_of) and the coverage report (measure over [from, to)) twice: as the warehouse knew things at frozen_at, and as it knew them at known_at (default now); shows both and the difference per region. Late reports, corrections and retractions that arrived between the two instants make up the difference. Both instants are parameters, so a revisions table can itself be reproduced later. Rates are computed exactly (coverage_frozen = served_frozen / in_ledger_frozen and coverage_now = served_now / in_ledger_now) and rounded to 4 decimal places, halves away from zero. See docs/reports.md.
 -- compose: stock coverage_by_measure
 -- publish: labels region_code
 -- publish: rate coverage_frozen = served_frozen / in_ledger_frozen

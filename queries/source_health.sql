@@ -1,7 +1,7 @@
 -- name: source_health
 -- title_zh: 数据源健康状况
 -- title_en: Source health: batches, rejects, timeliness
--- description: Per source: last batch, batches and rows accepted and rejected, Batch-Seq gaps, and for dated rows currently held (life events, services, group flags, registrations) the median and 90th-percentile lag in days from the event's date to its ingestion (the duty to update in time), the share of rows that landed in a frozen period (ingested on or after the 10th of the month following the event's month, when that month's figures are published), and orphans (rows of a person with no women record). For a region-scoped token, batches, last_batch_at and rows_accepted count only the batches holding rows of women who lived in its scope and those rows, and rows_rejected and seq_gaps are NULL: rejected rows and sequence numbers cannot be attributed to a region. See docs/reports.md.
+-- description: Per source: last batch, batches and rows accepted and rejected, Batch-Seq gaps, and for dated rows currently held (life events, services, group flags, registrations) the median and 90th-percentile lag in days from the event's date to its ingestion (the duty to update in time), the share of rows that landed in a frozen period (ingested on or after the 10th of the month following the event's month, when that month's figures are published), and orphans (rows of a person with no women record). For a region-scoped token, batches, last_batch_at and rows_accepted count only the batches holding rows of women who lived in its scope and those rows, and rows_rejected and seq_gaps are NULL: rejected rows and sequence numbers cannot be attributed to a region. Rates are computed exactly (share_in_frozen_periods = rows in frozen periods / dated_rows) and rounded to 4 decimal places, halves away from zero. See docs/reports.md.
 -- publish: labels source=sources
 -- publish: exact lag_days_median lag_days_p90 | dated_rows
 WITH b AS (
@@ -37,7 +37,7 @@ t AS (
            count(*) AS dated_rows,
            round(median(lag_days), 1) AS lag_days_median,
            round(approx_percentile_cont(lag_days, 0.9), 1) AS lag_days_p90,
-           round(CAST(sum(frozen) AS DOUBLE) / count(*), 4) AS share_in_frozen_periods,
+           exact_rate(sum(frozen), count(*)) AS share_in_frozen_periods,
            sum(orphan) AS orphan_rows
     FROM lagged GROUP BY source
 ),

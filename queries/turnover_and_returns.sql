@@ -1,7 +1,7 @@
 -- name: turnover_and_returns
 -- title_zh: 流动周转率与返乡率
 -- title_en: Migration turnover and return rate, per region and month
--- description: For each month starting in [from, to): stock on the eve of the month (the last day of the previous month), entries and exits in the month, exits because the husband came home (spouse_returned), turnover = (entries + exits) / stock_before, return rate = returns / stock_before (null when that stock is 0). See docs/reports.md.
+-- description: For each month starting in [from, to): stock on the eve of the month (the last day of the previous month), entries and exits in the month, exits because the husband came home (spouse_returned), turnover = (entries + exits) / stock_before, return rate = returns / stock_before (null when that stock is 0). Both rates are computed exactly and rounded to 4 decimal places, halves away from zero. See docs/reports.md.
 -- publish: labels region_code month
 -- publish: rate turnover = entries + exits / stock_before
 -- publish: rate return_rate = returns / stock_before
@@ -37,8 +37,8 @@ SELECT per.region_code,
        per.entries,
        per.exits,
        per.returns,
-       round(CAST(per.entries + per.exits AS DOUBLE) / nullif(per.stock_before, 0), 4) AS turnover,
-       round(CAST(per.returns AS DOUBLE) / nullif(per.stock_before, 0), 4) AS return_rate,
+       exact_rate(per.entries + per.exits, per.stock_before) AS turnover,
+       exact_rate(per.returns, per.stock_before) AS return_rate,
        per.stock_before__ck, per.entries__ck, per.exits__ck, per.returns__ck
 FROM per
 JOIN regions rg ON rg.code = per.region_code

@@ -1,4 +1,4 @@
--- DuckDB peer of queries/breadth.sql. Changes: none (DataFusion SQL runs as is).
+-- DuckDB peer of queries/breadth.sql. Changes: exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as CAST((n * 20000 + d) // (2 * d) AS DOUBLE) / 10000; otherwise the DataFusion SQL runs as is.
 -- name: breadth
 -- title_zh: 关爱服务广度
 -- title_en: Breadth: measure areas reached per woman, year to date
@@ -19,21 +19,41 @@ women AS (
     SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
 ),
 reached AS (
-    SELECT s.person_key, count(DISTINCT s.measure) AS measures
-    FROM services s
-    CROSS JOIN span
-    JOIN status_episodes e
-      ON e.person_key = s.person_key
-     AND s.service_date >= e.start_date
-     AND (e.end_date IS NULL OR s.service_date < e.end_date)
-    WHERE s.service_date >= span.d_from AND s.service_date < span.d_to
-    GROUP BY s.person_key
+    -- The measure areas reached, as bits (M1 = 1, …, M7 = 64) gathered per woman, then
+    -- counted: one group per woman, not per woman and measure.
+    SELECT person_key,
+           CASE WHEN mask & 1 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 2 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 4 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 8 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 16 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 32 <> 0 THEN 1 ELSE 0 END +
+           CASE WHEN mask & 64 <> 0 THEN 1 ELSE 0 END AS measures
+    FROM (
+        SELECT s.person_key, bit_or(CASE s.measure
+                       WHEN 'M1' THEN 1
+                       WHEN 'M2' THEN 2
+                       WHEN 'M3' THEN 4
+                       WHEN 'M4' THEN 8
+                       WHEN 'M5' THEN 16
+                       WHEN 'M6' THEN 32
+                       WHEN 'M7' THEN 64
+                       ELSE 0 END) AS mask
+        FROM services s
+        CROSS JOIN span
+        JOIN status_episodes e
+          ON e.person_key = s.person_key
+         AND s.service_date >= e.start_date
+         AND (e.end_date IS NULL OR s.service_date < e.end_date)
+        WHERE s.service_date >= span.d_from AND s.service_date < span.d_to
+        GROUP BY s.person_key
+    ) AS m
 )
 SELECT w.region_code,
        rg.name AS region_name,
        count(*) AS women,
        sum(coalesce(r.measures, 0)) AS measure_reaches,
-       round(CAST(sum(coalesce(r.measures, 0)) AS DOUBLE) / count(*), 4) AS mean_measures_per_woman
+       CAST((sum(coalesce(r.measures, 0))) * 20000 + (count(*))) // (2 * (count(*))) AS DOUBLE) / 10000 AS mean_measures_per_woman
 FROM women w
 LEFT JOIN reached r ON r.person_key = w.person_key
 JOIN regions rg ON rg.code = w.region_code

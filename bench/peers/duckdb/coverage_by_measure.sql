@@ -1,4 +1,4 @@
--- DuckDB peer of queries/coverage_by_measure.sql. Changes: none (DataFusion SQL runs as is).
+-- DuckDB peer of queries/coverage_by_measure.sql. Changes: exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as CAST((n * 20000 + d) // (2 * d) AS DOUBLE) / 10000; her last run by row_number() instead of careledger's first_value aggregate; otherwise the DataFusion SQL runs as is.
 -- name: coverage_by_measure
 -- title_zh: 关爱服务覆盖率（按措施）
 -- title_en: Coverage by measure area
@@ -18,27 +18,70 @@ denominator AS (
     SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
 ),
 served AS (
-    SELECT DISTINCT s.person_key, s.measure
+    -- The measure areas of each woman's services dated in the period inside one of her
+    -- episodes, as bits (M1 = 1, M2 = 2, …, M7 = 64): one row per woman, not per woman and
+    -- measure.
+    SELECT s.person_key,
+           bit_or(CASE s.measure
+                       WHEN 'M1' THEN 1
+                       WHEN 'M2' THEN 2
+                       WHEN 'M3' THEN 4
+                       WHEN 'M4' THEN 8
+                       WHEN 'M5' THEN 16
+                       WHEN 'M6' THEN 32
+                       WHEN 'M7' THEN 64
+                       ELSE 0 END) AS measures
     FROM services s
     JOIN status_episodes e
       ON e.person_key = s.person_key
      AND s.service_date >= e.start_date
      AND (e.end_date IS NULL OR s.service_date < e.end_date)
     WHERE s.service_date >= $from AND s.service_date < $to
+    GROUP BY s.person_key
 ),
 measures AS (
     SELECT code AS measure, zh AS measure_zh FROM codes WHERE list = 'measures' AND ($measure = '' OR code = $measure)
+),
+-- Per region: the women in the ledger and, for each measure, those of them served. Each
+-- woman is one row (nothing is multiplied by the seven measures before it is counted).
+per_region AS (
+    SELECT d.region_code,
+           count(*) AS women_in_ledger,
+           sum(CASE WHEN sv.measures & 1 <> 0 THEN 1 ELSE 0 END) AS served_m1,
+           sum(CASE WHEN sv.measures & 2 <> 0 THEN 1 ELSE 0 END) AS served_m2,
+           sum(CASE WHEN sv.measures & 4 <> 0 THEN 1 ELSE 0 END) AS served_m3,
+           sum(CASE WHEN sv.measures & 8 <> 0 THEN 1 ELSE 0 END) AS served_m4,
+           sum(CASE WHEN sv.measures & 16 <> 0 THEN 1 ELSE 0 END) AS served_m5,
+           sum(CASE WHEN sv.measures & 32 <> 0 THEN 1 ELSE 0 END) AS served_m6,
+           sum(CASE WHEN sv.measures & 64 <> 0 THEN 1 ELSE 0 END) AS served_m7
+    FROM denominator d
+    LEFT JOIN served sv ON sv.person_key = d.person_key
+    GROUP BY d.region_code
 )
-SELECT d.region_code,
+SELECT p.region_code,
        rg.name AS region_name,
        m.measure,
        m.measure_zh,
-       count(DISTINCT d.person_key) AS women_in_ledger,
-       count(DISTINCT sv.person_key) AS women_served,
-       round(CAST(count(DISTINCT sv.person_key) AS DOUBLE) / count(DISTINCT d.person_key), 4) AS coverage
-FROM denominator d
+       p.women_in_ledger,
+       CASE m.measure
+           WHEN 'M1' THEN p.served_m1
+           WHEN 'M2' THEN p.served_m2
+           WHEN 'M3' THEN p.served_m3
+           WHEN 'M4' THEN p.served_m4
+           WHEN 'M5' THEN p.served_m5
+           WHEN 'M6' THEN p.served_m6
+           WHEN 'M7' THEN p.served_m7
+       END AS women_served,
+       CAST((CASE m.measure
+           WHEN 'M1' THEN p.served_m1
+           WHEN 'M2' THEN p.served_m2
+           WHEN 'M3' THEN p.served_m3
+           WHEN 'M4' THEN p.served_m4
+           WHEN 'M5' THEN p.served_m5
+           WHEN 'M6' THEN p.served_m6
+           WHEN 'M7' THEN p.served_m7
+       END) * 20000 + p.women_in_ledger) // (2 * p.women_in_ledger) AS DOUBLE) / 10000 AS coverage
+FROM per_region p
 CROSS JOIN measures m
-LEFT JOIN served sv ON sv.person_key = d.person_key AND sv.measure = m.measure
-JOIN regions rg ON rg.code = d.region_code
-GROUP BY d.region_code, rg.name, m.measure, m.measure_zh
-ORDER BY d.region_code, m.measure
+JOIN regions rg ON rg.code = p.region_code
+ORDER BY p.region_code, m.measure

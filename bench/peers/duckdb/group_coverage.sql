@@ -1,4 +1,4 @@
--- DuckDB peer of queries/group_coverage.sql. Changes: none (DataFusion SQL runs as is).
+-- DuckDB peer of queries/group_coverage.sql. Changes: exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as CAST((n * 20000 + d) // (2 * d) AS DOUBLE) / 10000; otherwise the DataFusion SQL runs as is.
 -- name: group_coverage
 -- title_zh: 重点群体关爱服务覆盖率
 -- title_en: Coverage by measure within each priority group
@@ -41,7 +41,7 @@ SELECT r.region_code,
        i.group_code,
        count(DISTINCT i.person_key) AS women_in_group_and_ledger,
        count(DISTINCT sv.person_key) AS women_served,
-       round(CAST(count(DISTINCT sv.person_key) AS DOUBLE) / count(DISTINCT i.person_key), 4) AS coverage
+       CAST((count(DISTINCT sv.person_key)) * 20000 + (count(DISTINCT i.person_key))) // (2 * (count(DISTINCT i.person_key))) AS DOUBLE) / 10000 AS coverage
 FROM in_group i
 JOIN region_of r ON r.person_key = i.person_key
 LEFT JOIN served sv ON sv.person_key = i.person_key AND sv.group_code = i.group_code

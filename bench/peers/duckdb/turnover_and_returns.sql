@@ -1,4 +1,4 @@
--- DuckDB peer of queries/turnover_and_returns.sql. Changes: none (DataFusion SQL runs as is).
+-- DuckDB peer of queries/turnover_and_returns.sql. Changes: exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as CAST((n * 20000 + d) // (2 * d) AS DOUBLE) / 10000; otherwise the DataFusion SQL runs as is.
 -- name: turnover_and_returns
 -- title_zh: 流动周转率与返乡率
 -- title_en: Migration turnover and return rate, per region and month
@@ -31,8 +31,8 @@ SELECT per.region_code,
        per.entries,
        per.exits,
        per.returns,
-       round(CAST(per.entries + per.exits AS DOUBLE) / nullif(per.stock_before, 0), 4) AS turnover,
-       round(CAST(per.returns AS DOUBLE) / nullif(per.stock_before, 0), 4) AS return_rate
+       CAST((per.entries + per.exits) * 20000 + (nullif(per.stock_before, 0))) // (2 * (nullif(per.stock_before, 0))) AS DOUBLE) / 10000 AS turnover,
+       CAST((per.returns) * 20000 + (nullif(per.stock_before, 0))) // (2 * (nullif(per.stock_before, 0))) AS DOUBLE) / 10000 AS return_rate
 FROM per
 JOIN regions rg ON rg.code = per.region_code
 ORDER BY per.region_code, month

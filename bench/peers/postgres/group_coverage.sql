@@ -1,4 +1,4 @@
--- PostgreSQL peer of queries/group_coverage.sql. Changes: DOUBLE -> double precision; round(x, 4) via numeric.
+-- PostgreSQL peer of queries/group_coverage.sql. Changes: DOUBLE -> double precision; exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as div(n * 20000 + d, 2 * d)::double precision / 10000.
 -- param: from date 2024-01-01 | First day of the period
 -- param: to date 2025-01-01 | Day after the last day of the period
 -- param: level text county {province,city,county,township,village} | Region level of the rows
@@ -37,7 +37,7 @@ SELECT r.region_code,
        i.group_code,
        count(DISTINCT i.person_key) AS women_in_group_and_ledger,
        count(DISTINCT sv.person_key) AS women_served,
-       round((count(DISTINCT sv.person_key)::double precision / count(DISTINCT i.person_key))::numeric, 4) AS coverage
+       div((count(DISTINCT sv.person_key)) * 20000 + (count(DISTINCT i.person_key)), 2 * (count(DISTINCT i.person_key)))::double precision / 10000 AS coverage
 FROM in_group i
 JOIN region_of r ON r.person_key = i.person_key
 LEFT JOIN served sv ON sv.person_key = i.person_key AND sv.group_code = i.group_code

@@ -1,4 +1,4 @@
--- PostgreSQL peer of queries/turnover_and_returns.sql. Changes: DOUBLE -> double precision; round(x, 4) via numeric.
+-- PostgreSQL peer of queries/turnover_and_returns.sql. Changes: DOUBLE -> double precision; exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as div(n * 20000 + d, 2 * d)::double precision / 10000.
 -- param: from date 2024-01-01 | First month (its first day)
 -- param: to date 2025-01-01 | Day after the last month
 -- param: level text county {province,city,county,township,village} | Region level of the rows
@@ -27,8 +27,8 @@ SELECT per.region_code,
        per.entries,
        per.exits,
        per.returns,
-       round(((per.entries + per.exits)::double precision / nullif(per.stock_before, 0))::numeric, 4) AS turnover,
-       round((per.returns::double precision / nullif(per.stock_before, 0))::numeric, 4) AS return_rate
+       div((per.entries + per.exits) * 20000 + (nullif(per.stock_before, 0)), 2 * (nullif(per.stock_before, 0)))::double precision / 10000 AS turnover,
+       div((per.returns) * 20000 + (nullif(per.stock_before, 0)), 2 * (nullif(per.stock_before, 0)))::double precision / 10000 AS return_rate
 FROM per
 JOIN regions rg ON rg.code = per.region_code
 ORDER BY per.region_code, month

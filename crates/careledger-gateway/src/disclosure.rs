@@ -354,7 +354,7 @@ impl Publisher {
                             for col in &rate.numerators {
                                 num += get(col, fr)?;
                             }
-                            (den != 0).then(|| (num as f64 / den as f64 * 1e4).round() / 1e4)
+                            careledger_warehouse::publish::exact_rate(num, den)
                         })
                         .collect()
                 } else if publish.exact.contains(&name) {

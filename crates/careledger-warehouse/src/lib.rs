@@ -633,6 +633,7 @@ impl Warehouse {
         ctx.register_udf(publish::cell_key_udf(
             self.cell_key_secret.filter(|_| access.publication),
         ));
+        ctx.register_udf(publish::exact_rate_udf());
 
         let groups = ctx
             .sql(

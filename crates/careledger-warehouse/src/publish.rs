@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, Int64Array};
+use arrow_array::{Array, ArrayRef, Float64Array, Int64Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err};
 use datafusion::logical_expr::{
@@ -97,6 +97,81 @@ pub(crate) fn cell_key_udf(secret: Option<[u8; 32]>) -> ScalarUDF {
             ],
             Volatility::Immutable,
         ),
+    })
+}
+
+/// Decimal places of every rate a report publishes.
+pub const RATE_PLACES: u32 = 4;
+
+/// `numerator / denominator` rounded to [`RATE_PLACES`] decimal places exactly: the quotient
+/// is rounded in integer arithmetic, halves away from zero (351/480 = 0.73125 → 0.7313), and
+/// the result is the double nearest that decimal, which prints as it. `None` when the denominator is 0. The same function rounds a report's rates
+/// in SQL (`exact_rate`) and a publication's rates recomputed from its published counts, so
+/// ties round the same way everywhere (a floating-point quotient rounded afterwards does not:
+/// 351/480 is 0.7312499999999999… as a double, and engines differ on it).
+pub fn exact_rate(numerator: i64, denominator: i64) -> Option<f64> {
+    if denominator == 0 {
+        return None;
+    }
+    let scale = 10_i128.pow(RATE_PLACES);
+    let (n, d) = (i128::from(numerator) * scale, i128::from(denominator));
+    let magnitude = (2 * n.abs() + d.abs()) / (2 * d.abs());
+    let signed = if (n < 0) != (d < 0) {
+        -magnitude
+    } else {
+        magnitude
+    };
+    // |signed| <= |numerator| * 10^4 + 1: exact in an f64 for any count below 2^39.
+    Some(signed as f64 / scale as f64)
+}
+
+/// `exact_rate(numerator, denominator) -> DOUBLE`: [`exact_rate`] in SQL; NULL when either
+/// argument is NULL or the denominator is 0.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExactRate {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ExactRate {
+    fn name(&self) -> &str {
+        "exact_rate"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [num, den] = args.args.as_slice() else {
+            return exec_err!("exact_rate takes two arguments: numerator, denominator");
+        };
+        let num = num.to_array(args.number_rows)?;
+        let den = den.to_array(args.number_rows)?;
+        let num = datafusion::arrow::compute::cast(&num, &DataType::Int64)?;
+        let den = datafusion::arrow::compute::cast(&den, &DataType::Int64)?;
+        let (Some(num), Some(den)) = (
+            num.as_any().downcast_ref::<Int64Array>(),
+            den.as_any().downcast_ref::<Int64Array>(),
+        ) else {
+            return exec_err!("exact_rate: integer arguments expected");
+        };
+        let rates: Float64Array = num
+            .iter()
+            .zip(den.iter())
+            .map(|(n, d)| exact_rate(n?, d?))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(rates) as ArrayRef))
+    }
+}
+
+/// The `exact_rate` function.
+pub(crate) fn exact_rate_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(ExactRate {
+        signature: Signature::uniform(2, vec![DataType::Int64], Volatility::Immutable),
     })
 }
 

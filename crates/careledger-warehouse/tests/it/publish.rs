@@ -203,3 +203,62 @@ async fn revisions_takes_both_instants() {
     assert!(revision.iter().all(|v| v == Some(0)), "{revision:?}");
     assert!(b.column_by_name("coverage_now").is_some());
 }
+
+/// `exact_rate` rounds the exact quotient to 4 places, halves away from zero, for every
+/// numerator and denominator up to 600 (a tie such as 351/480 = 0.73125 goes up, where the
+/// double 351/480 = 0.73124999… rounded afterwards goes down), and gives the double nearest
+/// that decimal; SQL gives the same as Rust, and NULL for a zero denominator or a NULL.
+#[tokio::test]
+async fn rates_are_rounded_exactly_in_rust_and_in_sql() {
+    use careledger_warehouse::publish::exact_rate;
+    for n in 0..=600_i64 {
+        for d in 1..=600_i64 {
+            let scaled = n * 10_000;
+            let (floor, rem) = (scaled / d, scaled % d);
+            let expected = if 2 * rem >= d { floor + 1 } else { floor };
+            let got = exact_rate(n, d).unwrap();
+            assert_eq!(got, expected as f64 / 10_000.0, "{n}/{d}");
+            let shown = got.to_string();
+            assert!(
+                shown.split('.').nth(1).is_none_or(|f| f.len() <= 4),
+                "{n}/{d} prints as {shown}"
+            );
+        }
+    }
+    assert_eq!(exact_rate(351, 480), Some(0.7313));
+    assert_eq!(format!("{:.4}", 351.0_f64 / 480.0), "0.7312"); // a correctly rounded double
+    assert_eq!(exact_rate(-1, 3), Some(-0.3333));
+    assert_eq!(exact_rate(-1, 8), Some(-0.125));
+    assert_eq!(exact_rate(5, 0), None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        careledger_store::Store::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap(),
+    );
+    let wh = careledger_warehouse::Warehouse::new(
+        store,
+        careledger_model::status::RuleParams::default(),
+    );
+    let snap = wh.snapshot(None).await.unwrap();
+    let batches = snap
+        .ctx
+        .sql(
+            "SELECT exact_rate(351, 480) AS tie, exact_rate(CAST(2 AS INT), count(*)) AS two_thirds, \
+             exact_rate(1, 0) AS by_zero, exact_rate(NULL, 3) AS unknown \
+             FROM (VALUES (1), (2), (3)) AS t(x)",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = arrow_cast::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("| 0.7313 | 0.6667     |         |         |"),
+        "{text}"
+    );
+}
