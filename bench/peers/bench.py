@@ -13,12 +13,13 @@ For each scale it:
      transactions at 1, 4 and 16 connections and 100-row transactions at the same steady rate,
      and DuckDB converting the same NDJSON to Parquet;
   3. reports: every named report (but `revisions`), cold (first run in a fresh process) and warm
-     (median of the next runs), in careledger over HTTP, in DuckDB over Parquet exports of the
-     relations the reports read, and in PostgreSQL over the same rows with a DBA's indexes; the
-     three answers are compared.
+     (median of the next runs), in careledger over HTTP, in DuckDB over the store's own Parquet
+     files (the Delta tables careledger stores, with its live-row rule; reference tables from an
+     export), and in PostgreSQL over Parquet exports of the same relations, loaded with a DBA's
+     indexes; the three answers are compared.
 Results go to <work>/results-<women>.json; `--render` turns all of them into BENCHMARKS.md.
 
-Loopback only. Standard library plus duckdb, pyarrow and psycopg (the run script's venv).
+Loopback only. Standard library plus duckdb, deltalake, pyarrow and psycopg (the run script's venv).
 """
 
 import argparse
@@ -546,12 +547,12 @@ def peer_sql(dialect, name, params):
 
 
 DUCKDB_COLD = r"""
-import duckdb, json, sys, time
-export, sql, names = sys.argv[1], sys.stdin.read(), sys.argv[2].split(',')
-con = duckdb.connect()
+import json, sys, time
+sys.path.insert(0, sys.argv[3])
+import check_equal
+export, store, sql = sys.argv[1], sys.argv[2], sys.stdin.read()
+con = check_equal.duckdb_connection(export, store)
 con.execute("SET enable_progress_bar = false")
-for t in names:
-    con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{export}/{t}.parquet')")
 t0 = time.perf_counter()
 rows = con.execute(sql).fetchall()
 print(json.dumps({"seconds": time.perf_counter() - t0, "rows": len(rows)}))
@@ -633,6 +634,7 @@ def run_reports(binary, store, work, tokens, specs, warm_runs, pg):
     server = Server(binary, store, os.path.join(work, "server-reports.log"), tokens, MEMORY)
     t0 = time.perf_counter()
     sizes = export_tables(server, export)
+    out["duckdb_reads"] = "store"
     out["export"] = {"seconds": time.perf_counter() - t0, "rows": sizes,
                      "bytes": sum(os.path.getsize(os.path.join(export, t + ".parquet")) for t in EXPORTS)}
     server.stop()
@@ -667,12 +669,14 @@ def run_reports(binary, store, work, tokens, specs, warm_runs, pg):
             careledger_report(server, name, params)[0] for _ in range(warm_runs))
     server.stop()
 
-    con = check_equal.duckdb_connection(export)
+    # DuckDB reads the store's own files (the relations careledger stores, with the same
+    # live-row rule), the reference tables from the export.
+    con = check_equal.duckdb_connection(export, store)
     con.execute("SET enable_progress_bar = false")
     venv_python = sys.executable
     for name, params in specs.items():
         sql = peer_sql("duckdb", name, params)
-        cold = subprocess.run([venv_python, "-c", DUCKDB_COLD, export, ",".join(EXPORTS)], input=sql,
+        cold = subprocess.run([venv_python, "-c", DUCKDB_COLD, export, store, HERE], input=sql,
                               capture_output=True, text=True, check=True)
         cold_s = json.loads(cold.stdout.strip().splitlines()[-1])["seconds"]
 
@@ -979,9 +983,13 @@ def render(results_dir, out_path):
             "",
             f"Skipped: {', '.join(f'`{k}` ({why})' for k, why in r['skipped_reports'].items())}.",
             "",
-            f"The peers read Parquet exports of the relations the reports name, as careledger's SQL "
+            (f"DuckDB reads the tables careledger stores from the store's own Parquet files (the "
+             f"active files of each Delta table, with careledger's live-row rule: complete cycles, "
+             f"superseded women dropped, current rows), and the reference tables from an export. "
+             if r.get("duckdb_reads") == "store" else "The peers read Parquet exports of the relations the reports name, as careledger's SQL sees them. ")
+            + f"PostgreSQL loads Parquet exports of every relation the reports name, as careledger's SQL "
             f"sees them ({e['bytes'] / 1e6:,.0f} MB; ledger_runs {e['rows']['ledger_runs']:,} rows, "
-            f"services {e['rows']['services']:,}), exported in {e['seconds']:.1f} s. PostgreSQL loaded "
+            f"services {e['rows']['services']:,}), exported in {e['seconds']:.1f} s; it loaded "
             f"them in {r['pg_load']['load_s']:.1f} s and built its indexes in {r['pg_load']['index_s']:.1f} s.",
             "",
         ]

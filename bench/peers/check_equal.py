@@ -149,12 +149,80 @@ def careledger_answer(binary, store, report, params):
     return [c["name"] for c in doc["columns"]], doc["rows"]
 
 
-def duckdb_connection(export_dir):
+# The relations careledger stores (Delta tables in its store) and where: the derived ledger's
+# current records and status tables, and the gateway's `batches`. The rest of pgload.TABLES
+# are reference tables compiled into careledger (regions, codes, …): read from the export.
+STORED = {
+    "women": "derived/current_women", "life_events": "derived/current_life_events",
+    "group_flags": "derived/current_group_flags", "services": "derived/current_services",
+    "registrations": "derived/current_registrations", "people": "derived/people",
+    "status_episodes": "derived/status_episodes", "residence": "derived/residence",
+    "ledger_runs": "derived/ledger_runs",
+}
+
+
+def _parquet_list(files):
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+def _files(table):
+    return [u.removeprefix("file://") for u in table.file_uris()]
+
+
+def duckdb_connection(export_dir, store=None):
+    """DuckDB with a view per relation the reports read. With `store`, the relations
+    careledger stores are read from the store's own Parquet files (the active files of each
+    Delta table's latest version), with the rule careledger's views apply to them: a derived
+    row is live when its cycle is complete (`gen` between the floor and the cycle of the
+    deriver's watermark, in `derived/superseded`'s transactions), no later complete cycle
+    superseded its woman, and it is current (`known_to` NULL). So DuckDB reads the same
+    stored data careledger reads and pays for the same dead rows. Without `store`, every
+    relation is read from `export_dir` (careledger's answers to `SELECT *`)."""
     import duckdb
     con = duckdb.connect()
+    stored = {}
+    if store is not None:
+        from deltalake import DeltaTable
+        app = "careledger-deriver/"
+        sup = DeltaTable(os.path.join(store, "derived", "superseded"))
+        cycle = sup.transaction_version(app + "cycle") or 0
+        floor = sup.transaction_version(app + "floor") or 0
+        sup_files = _files(sup)
+        if sup_files:
+            con.execute(
+                "CREATE VIEW cl_superseded AS SELECT person_key AS sk_, max(gen) AS sg_ "
+                f"FROM read_parquet({_parquet_list(sup_files)}) WHERE gen > {floor} AND gen <= {cycle} "
+                "GROUP BY person_key")
+        for name, path in STORED.items():
+            files = _files(DeltaTable(os.path.join(store, path)))
+            cols = [r[0] for r in con.execute(
+                f"DESCRIBE SELECT * FROM read_parquet('{os.path.join(export_dir, name + '.parquet')}')").fetchall()]
+            sel = ", ".join(f't."{c}"' for c in cols)
+            where = f"t.gen >= {floor} AND t.gen <= {cycle} AND t.known_to IS NULL"
+            if sup_files:
+                body = (f"FROM cl_superseded s RIGHT JOIN read_parquet({_parquet_list(files)}) t "
+                        f"ON s.sk_ = t.person_key WHERE {where} AND (s.sg_ IS NULL OR s.sg_ <= t.gen)")
+            else:
+                body = f"FROM read_parquet({_parquet_list(files)}) t WHERE {where}"
+            stored[name] = f"SELECT {sel} {body}"
+        stored["group_episodes"] = (
+            "SELECT person_key, \"group\" AS group_code, valid_from, "
+            "CAST(valid_to + INTERVAL 1 DAY AS DATE) AS valid_until, detail, source "
+            "FROM group_flags WHERE person_key IS NOT NULL")
+        batches = _files(DeltaTable(os.path.join(store, "batches")))
+        cols = [r[0] for r in con.execute(
+            f"DESCRIBE SELECT * FROM read_parquet('{os.path.join(export_dir, 'batches.parquet')}')").fetchall()]
+        sel = ", ".join(f'"{c}"' for c in cols)
+        stored["batches"] = f"SELECT {sel} FROM read_parquet({_parquet_list(batches)})"
     for t in pgload.TABLES:
+        if t in stored:
+            continue
         path = os.path.join(export_dir, t + ".parquet").replace("'", "''")
         con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{path}')")
+    for t in ("women", "life_events", "group_flags", "services", "registrations", "people",
+              "status_episodes", "residence", "ledger_runs", "group_episodes", "batches"):
+        if t in stored:
+            con.execute(f"CREATE VIEW {t} AS {stored[t]}")
     return con
 
 

@@ -53,7 +53,7 @@ SELECT w.region_code,
        rg.name AS region_name,
        count(*) AS women,
        sum(coalesce(r.measures, 0)) AS measure_reaches,
-       CAST((sum(coalesce(r.measures, 0))) * 20000 + (count(*))) // (2 * (count(*))) AS DOUBLE) / 10000 AS mean_measures_per_woman
+       CAST(((sum(coalesce(r.measures, 0))) * 20000 + (count(*))) // (2 * (count(*))) AS DOUBLE) / 10000 AS mean_measures_per_woman
 FROM women w
 LEFT JOIN reached r ON r.person_key = w.person_key
 JOIN regions rg ON rg.code = w.region_code

@@ -72,7 +72,7 @@ SELECT p.region_code,
            WHEN 'M6' THEN p.served_m6
            WHEN 'M7' THEN p.served_m7
        END AS women_served,
-       CAST((CASE m.measure
+       CAST(((CASE m.measure
            WHEN 'M1' THEN p.served_m1
            WHEN 'M2' THEN p.served_m2
            WHEN 'M3' THEN p.served_m3

@@ -41,7 +41,7 @@ SELECT r.region_code,
        i.group_code,
        count(DISTINCT i.person_key) AS women_in_group_and_ledger,
        count(DISTINCT sv.person_key) AS women_served,
-       CAST((count(DISTINCT sv.person_key)) * 20000 + (count(DISTINCT i.person_key))) // (2 * (count(DISTINCT i.person_key))) AS DOUBLE) / 10000 AS coverage
+       CAST(((count(DISTINCT sv.person_key)) * 20000 + (count(DISTINCT i.person_key))) // (2 * (count(DISTINCT i.person_key))) AS DOUBLE) / 10000 AS coverage
 FROM in_group i
 JOIN region_of r ON r.person_key = i.person_key
 LEFT JOIN served sv ON sv.person_key = i.person_key AND sv.group_code = i.group_code

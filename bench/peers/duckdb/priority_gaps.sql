@@ -1,4 +1,4 @@
--- DuckDB peer of queries/priority_gaps.sql. Changes: none (DataFusion SQL runs as is).
+-- DuckDB peer of queries/priority_gaps.sql. Changes: none (DataFusion SQL runs as is; its groups are bool_or, as in careledger).
 -- name: priority_gaps
 -- title_zh: 重点群体帮扶缺口（个案清单）
 -- title_en: Priority gaps: case list for follow-up
@@ -14,10 +14,10 @@ WITH in_ledger AS (
 ),
 grp AS (
     SELECT person_key,
-           max(CASE WHEN group_code = 'hardship' THEN true ELSE false END) AS hardship,
-           max(CASE WHEN group_code = 'disabled' THEN true ELSE false END) AS disabled,
-           max(CASE WHEN group_code = 'seriously_ill' THEN true ELSE false END) AS seriously_ill,
-           max(CASE WHEN group_code = 'registered_poor' THEN true ELSE false END) AS registered_poor
+           bool_or(group_code = 'hardship') AS hardship,
+           bool_or(group_code = 'disabled') AS disabled,
+           bool_or(group_code = 'seriously_ill') AS seriously_ill,
+           bool_or(group_code = 'registered_poor') AS registered_poor
     FROM group_episodes
     WHERE valid_from <= $as_of AND (valid_until IS NULL OR valid_until > $as_of)
     GROUP BY person_key

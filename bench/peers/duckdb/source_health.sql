@@ -35,7 +35,7 @@ t AS (
            count(*) AS dated_rows,
            round(median(lag_days), 1) AS lag_days_median,
            round(quantile_cont(lag_days, 0.9), 1) AS lag_days_p90,
-           CAST((sum(frozen)) * 20000 + (count(*))) // (2 * (count(*))) AS DOUBLE) / 10000 AS share_in_frozen_periods,
+           CAST(((sum(frozen)) * 20000 + (count(*))) // (2 * (count(*))) AS DOUBLE) / 10000 AS share_in_frozen_periods,
            sum(orphan) AS orphan_rows
     FROM lagged GROUP BY source
 ),

@@ -31,8 +31,8 @@ SELECT per.region_code,
        per.entries,
        per.exits,
        per.returns,
-       CAST((per.entries + per.exits) * 20000 + (nullif(per.stock_before, 0))) // (2 * (nullif(per.stock_before, 0))) AS DOUBLE) / 10000 AS turnover,
-       CAST((per.returns) * 20000 + (nullif(per.stock_before, 0))) // (2 * (nullif(per.stock_before, 0))) AS DOUBLE) / 10000 AS return_rate
+       CAST(((per.entries + per.exits) * 20000 + (nullif(per.stock_before, 0))) // (2 * (nullif(per.stock_before, 0))) AS DOUBLE) / 10000 AS turnover,
+       CAST(((per.returns) * 20000 + (nullif(per.stock_before, 0))) // (2 * (nullif(per.stock_before, 0))) AS DOUBLE) / 10000 AS return_rate
 FROM per
 JOIN regions rg ON rg.code = per.region_code
 ORDER BY per.region_code, month
