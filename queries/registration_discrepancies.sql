@@ -9,11 +9,20 @@
 WITH latest AS (
     -- Her deciding action on as_of. Same effective date: the current version ingested later
     -- (rows of one batch share its instant), then the higher record_id as text; `source` last,
-    -- only so that the order is total. One aggregate keeping each woman's first row in that
-    -- order (not a window: no sort of all her registrations), over action and village in one
-    -- text (`action:village`; action codes have no colon), which halves its cost.
+    -- only so that the order is total. One max per woman over a text that sorts in that
+    -- order: the effective date (ISO), the ingestion instant (µs, 20 digits), record_id and
+    -- source, joined by U+0001 (a record_id holds no control character, and U+0001 sorts
+    -- below every character it can hold, so a shorter record_id sorts first as it should),
+    -- then `action:village` (action codes have no colon). DataFusion's first_value with an
+    -- ORDER BY accumulates row by row; a max over text does not.
     SELECT person_key,
-           first_value(concat(action, ':', coalesce(region_code, '')) ORDER BY effective_date DESC, ingested_at DESC, record_id DESC, source DESC) AS decided
+           split_part(max(concat_ws(chr(1),
+                                    CAST(effective_date AS VARCHAR),
+                                    lpad(CAST(CAST(ingested_at AS BIGINT) AS VARCHAR), 20, '0'),
+                                    record_id,
+                                    source,
+                                    concat(action, ':', coalesce(region_code, '')))),
+                      chr(1), 5) AS decided
     FROM registrations
     WHERE effective_date <= $as_of AND person_key IS NOT NULL
     GROUP BY person_key

@@ -23,24 +23,30 @@ last_run AS (
 region_of AS (
     SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
 ),
-served AS (
-    SELECT DISTINCT i.person_key, i.group_code
+per_woman AS (
+    -- One row per woman and group: served when a service of the measure is dated on a day
+    -- she was in both the group and the ledger (one pass over in_group, no DISTINCT counts).
+    SELECT i.person_key, i.group_code,
+           max(CASE WHEN s.person_key IS NULL THEN 0 ELSE 1 END) AS served
     FROM in_group i
-    JOIN services s
+    LEFT JOIN services s
       ON s.person_key = i.person_key
      AND s.measure = $measure
      AND s.service_date >= i.d_from
      AND s.service_date < i.d_to
+     -- Implied by the two lines above (d_from >= $from, d_to <= $to); said so that the
+     -- scan of services skips the pages outside the period.
+     AND s.service_date >= $from AND s.service_date < $to
+    GROUP BY i.person_key, i.group_code
 )
 SELECT r.region_code,
        rg.name AS region_name,
-       i.group_code,
-       count(DISTINCT i.person_key) AS women_in_group_and_ledger,
-       count(DISTINCT sv.person_key) AS women_served,
-       div((count(DISTINCT sv.person_key)) * 20000 + (count(DISTINCT i.person_key)), 2 * (count(DISTINCT i.person_key)))::double precision / 10000 AS coverage
-FROM in_group i
-JOIN region_of r ON r.person_key = i.person_key
-LEFT JOIN served sv ON sv.person_key = i.person_key AND sv.group_code = i.group_code
+       w.group_code,
+       count(*) AS women_in_group_and_ledger,
+       sum(w.served) AS women_served,
+       div(sum(w.served) * 20000 + count(*), 2 * count(*))::double precision / 10000 AS coverage
+FROM per_woman w
+JOIN region_of r ON r.person_key = w.person_key
 JOIN regions rg ON rg.code = r.region_code
-GROUP BY r.region_code, rg.name, i.group_code
-ORDER BY r.region_code, i.group_code
+GROUP BY r.region_code, rg.name, w.group_code
+ORDER BY r.region_code, w.group_code
