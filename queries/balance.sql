@@ -8,7 +8,7 @@
 -- param: level text county {province,city,county,township,village} | Region level of the rows
 -- param: region text 45 | Code prefix of the regions shown
 WITH r AS (
-    SELECT *, cell_key(person_key) AS ck FROM ledger_runs WHERE level = $level AND starts_with(region_code, $region)
+    SELECT *, cell_key(person_id) AS ck FROM ledger_runs WHERE level = $level AND starts_with(region_code, $region)
 ),
 per_region AS (
     SELECT region_code,

@@ -12,19 +12,19 @@
 WITH last_run AS (
     -- Her region on her last run in the period (run starts are distinct per woman and
     -- level): an aggregate, not a window over all her runs.
-    SELECT r.person_key, first_value(r.region_code ORDER BY r.run_start DESC) AS region_code
+    SELECT r.person_id, first_value(r.region_code ORDER BY r.run_start DESC) AS region_code
     FROM ledger_runs r
     WHERE r.level = $level AND r.run_start < CAST($as_of + INTERVAL '1 day' AS DATE)
       AND (r.run_end IS NULL OR r.run_end > CAST(date_trunc('year', $as_of) AS DATE))
-    GROUP BY r.person_key
+    GROUP BY r.person_id
 ),
 women AS (
-    SELECT person_key, region_code FROM last_run WHERE starts_with(region_code, $region)
+    SELECT person_id, region_code FROM last_run WHERE starts_with(region_code, $region)
 ),
 reached AS (
     -- The measure areas reached, as bits (M1 = 1, …, M7 = 64) gathered per woman, then
     -- counted: one group per woman, not per woman and measure.
-    SELECT person_key,
+    SELECT person_id,
            CASE WHEN mask & 1 <> 0 THEN 1 ELSE 0 END +
            CASE WHEN mask & 2 <> 0 THEN 1 ELSE 0 END +
            CASE WHEN mask & 4 <> 0 THEN 1 ELSE 0 END +
@@ -33,7 +33,7 @@ reached AS (
            CASE WHEN mask & 32 <> 0 THEN 1 ELSE 0 END +
            CASE WHEN mask & 64 <> 0 THEN 1 ELSE 0 END AS measures
     FROM (
-        SELECT s.person_key, bit_or(CASE s.measure
+        SELECT s.person_id, bit_or(CASE s.measure
                        WHEN 'M1' THEN 1
                        WHEN 'M2' THEN 2
                        WHEN 'M3' THEN 4
@@ -44,12 +44,12 @@ reached AS (
                        ELSE 0 END) AS mask
         FROM services s
         JOIN status_episodes e
-          ON e.person_key = s.person_key
+          ON e.person_id = s.person_id
          AND s.service_date >= e.start_date
          AND (e.end_date IS NULL OR s.service_date < e.end_date)
         WHERE s.service_date >= CAST(date_trunc('year', $as_of) AS DATE)
           AND s.service_date < CAST($as_of + INTERVAL '1 day' AS DATE)
-        GROUP BY s.person_key
+        GROUP BY s.person_id
     ) AS m
 )
 SELECT w.region_code,
@@ -57,10 +57,10 @@ SELECT w.region_code,
        count(*) AS women,
        sum(coalesce(r.measures, 0)) AS measure_reaches,
        exact_rate(sum(coalesce(r.measures, 0)), count(*)) AS mean_measures_per_woman,
-       sum(cell_key(w.person_key)) AS women__ck,
-       sum(CASE WHEN coalesce(r.measures, 0) > 0 THEN cell_key(w.person_key) ELSE 0 END) AS measure_reaches__ck
+       sum(cell_key(w.person_id)) AS women__ck,
+       sum(CASE WHEN coalesce(r.measures, 0) > 0 THEN cell_key(w.person_id) ELSE 0 END) AS measure_reaches__ck
 FROM women w
-LEFT JOIN reached r ON r.person_key = w.person_key
+LEFT JOIN reached r ON r.person_id = w.person_id
 JOIN regions rg ON rg.code = w.region_code
 GROUP BY w.region_code, rg.name
 ORDER BY w.region_code

@@ -12,19 +12,19 @@
 WITH last_run AS (
     -- Her region on her last run in the period (run starts are distinct per woman and
     -- level): an aggregate, not a window over all her runs.
-    SELECT person_key, first_value(region_code ORDER BY run_start DESC) AS region_code
+    SELECT person_id, first_value(region_code ORDER BY run_start DESC) AS region_code
     FROM ledger_runs
     WHERE level = $level AND run_start < $to AND (run_end IS NULL OR run_end > $from)
-    GROUP BY person_key
+    GROUP BY person_id
 ),
 denominator AS (
-    SELECT person_key, region_code FROM last_run WHERE starts_with(region_code, $region)
+    SELECT person_id, region_code FROM last_run WHERE starts_with(region_code, $region)
 ),
 served AS (
     -- The measure areas of each woman's services dated in the period inside one of her
     -- episodes, as bits (M1 = 1, M2 = 2, …, M7 = 64): one row per woman, not per woman and
     -- measure.
-    SELECT s.person_key,
+    SELECT s.person_id,
            bit_or(CASE s.measure
                        WHEN 'M1' THEN 1
                        WHEN 'M2' THEN 2
@@ -36,11 +36,11 @@ served AS (
                        ELSE 0 END) AS measures
     FROM services s
     JOIN status_episodes e
-      ON e.person_key = s.person_key
+      ON e.person_id = s.person_id
      AND s.service_date >= e.start_date
      AND (e.end_date IS NULL OR s.service_date < e.end_date)
     WHERE s.service_date >= $from AND s.service_date < $to
-    GROUP BY s.person_key
+    GROUP BY s.person_id
 ),
 measures AS (
     SELECT code AS measure, zh AS measure_zh FROM codes WHERE list = 'measures' AND ($measure = '' OR code = $measure)
@@ -50,23 +50,23 @@ measures AS (
 per_region AS (
     SELECT d.region_code,
            count(*) AS women_in_ledger,
-           sum(cell_key(d.person_key)) AS women_in_ledger__ck,
+           sum(cell_key(d.person_id)) AS women_in_ledger__ck,
            sum(CASE WHEN sv.measures & 1 <> 0 THEN 1 ELSE 0 END) AS served_m1,
-           sum(CASE WHEN sv.measures & 1 <> 0 THEN cell_key(d.person_key) END) AS served_m1__ck,
+           sum(CASE WHEN sv.measures & 1 <> 0 THEN cell_key(d.person_id) END) AS served_m1__ck,
            sum(CASE WHEN sv.measures & 2 <> 0 THEN 1 ELSE 0 END) AS served_m2,
-           sum(CASE WHEN sv.measures & 2 <> 0 THEN cell_key(d.person_key) END) AS served_m2__ck,
+           sum(CASE WHEN sv.measures & 2 <> 0 THEN cell_key(d.person_id) END) AS served_m2__ck,
            sum(CASE WHEN sv.measures & 4 <> 0 THEN 1 ELSE 0 END) AS served_m3,
-           sum(CASE WHEN sv.measures & 4 <> 0 THEN cell_key(d.person_key) END) AS served_m3__ck,
+           sum(CASE WHEN sv.measures & 4 <> 0 THEN cell_key(d.person_id) END) AS served_m3__ck,
            sum(CASE WHEN sv.measures & 8 <> 0 THEN 1 ELSE 0 END) AS served_m4,
-           sum(CASE WHEN sv.measures & 8 <> 0 THEN cell_key(d.person_key) END) AS served_m4__ck,
+           sum(CASE WHEN sv.measures & 8 <> 0 THEN cell_key(d.person_id) END) AS served_m4__ck,
            sum(CASE WHEN sv.measures & 16 <> 0 THEN 1 ELSE 0 END) AS served_m5,
-           sum(CASE WHEN sv.measures & 16 <> 0 THEN cell_key(d.person_key) END) AS served_m5__ck,
+           sum(CASE WHEN sv.measures & 16 <> 0 THEN cell_key(d.person_id) END) AS served_m5__ck,
            sum(CASE WHEN sv.measures & 32 <> 0 THEN 1 ELSE 0 END) AS served_m6,
-           sum(CASE WHEN sv.measures & 32 <> 0 THEN cell_key(d.person_key) END) AS served_m6__ck,
+           sum(CASE WHEN sv.measures & 32 <> 0 THEN cell_key(d.person_id) END) AS served_m6__ck,
            sum(CASE WHEN sv.measures & 64 <> 0 THEN 1 ELSE 0 END) AS served_m7,
-           sum(CASE WHEN sv.measures & 64 <> 0 THEN cell_key(d.person_key) END) AS served_m7__ck
+           sum(CASE WHEN sv.measures & 64 <> 0 THEN cell_key(d.person_id) END) AS served_m7__ck
     FROM denominator d
-    LEFT JOIN served sv ON sv.person_key = d.person_key
+    LEFT JOIN served sv ON sv.person_id = d.person_id
     GROUP BY d.region_code
 )
 SELECT p.region_code,

@@ -12,7 +12,7 @@ SELECT r.region_code,
        CAST(date_trunc('month', r.run_start) AS DATE) AS month,
        r.entry_reason AS reason,
        count(*) AS entries,
-       sum(cell_key(r.person_key)) AS entries__ck
+       sum(cell_key(r.person_id)) AS entries__ck
 FROM ledger_runs r
 JOIN regions rg ON rg.code = r.region_code
 WHERE r.level = $level

@@ -12,7 +12,7 @@ SELECT r.region_code,
        CAST(date_trunc('month', r.run_end) AS DATE) AS month,
        r.exit_reason AS reason,
        count(*) AS exits,
-       sum(cell_key(r.person_key)) AS exits__ck
+       sum(cell_key(r.person_id)) AS exits__ck
 FROM ledger_runs r
 JOIN regions rg ON rg.code = r.region_code
 WHERE r.level = $level

@@ -15,7 +15,7 @@ WITH latest AS (
     -- below every character it can hold, so a shorter record_id sorts first as it should),
     -- then `action:village` (action codes have no colon). DataFusion's first_value with an
     -- ORDER BY accumulates row by row; a max over text does not.
-    SELECT person_key,
+    SELECT person_id,
            split_part(max(concat_ws(chr(1),
                                     CAST(effective_date AS VARCHAR),
                                     lpad(CAST(CAST(ingested_at AS BIGINT) AS VARCHAR), 20, '0'),
@@ -24,22 +24,22 @@ WITH latest AS (
                                     concat(action, ':', coalesce(region_code, '')))),
                       chr(1), 5) AS decided
     FROM registrations
-    WHERE effective_date <= $as_of AND person_key IS NOT NULL
-    GROUP BY person_key
+    WHERE effective_date <= $as_of AND person_id IS NOT NULL
+    GROUP BY person_id
 ),
 registered AS (
-    SELECT person_key, nullif(split_part(decided, ':', 2), '') AS registered_village
+    SELECT person_id, nullif(split_part(decided, ':', 2), '') AS registered_village
     FROM latest WHERE split_part(decided, ':', 1) = 'registered'
 ),
 in_ledger AS (
     -- In the ledger on as_of, wherever she lived (episodes are not split by region).
-    SELECT DISTINCT person_key FROM status_episodes
+    SELECT DISTINCT person_id FROM status_episodes
     WHERE start_date <= $as_of AND (end_date IS NULL OR end_date > $as_of)
 ),
 lived AS (
     -- The rural village she lived in on as_of; no row if she lived in none (moved out, a
     -- town's residents' committee, no women record).
-    SELECT r.person_key, r.region_code AS village
+    SELECT r.person_id, r.region_code AS village
     FROM residence r
     JOIN regions g ON g.code = r.region_code AND g.level = 'village' AND g.rural
     WHERE r.valid_from <= $as_of AND (r.valid_to IS NULL OR r.valid_to > $as_of)
@@ -48,25 +48,25 @@ compared AS (
     -- One pass over her registration, her ledger status and her village (each computed
     -- once): eligible but not registered needs a village she lives in; registered but not
     -- eligible counts where she lives, else where she is registered.
-    SELECT coalesce(r.person_key, i.person_key) AS person_key,
-           CASE WHEN r.person_key IS NULL THEN l.village ELSE coalesce(l.village, r.registered_village) END AS village,
-           CASE WHEN r.person_key IS NULL THEN 1 ELSE 0 END AS eligible_not_registered,
-           CASE WHEN i.person_key IS NULL THEN 1 ELSE 0 END AS registered_not_eligible
+    SELECT coalesce(r.person_id, i.person_id) AS person_id,
+           CASE WHEN r.person_id IS NULL THEN l.village ELSE coalesce(l.village, r.registered_village) END AS village,
+           CASE WHEN r.person_id IS NULL THEN 1 ELSE 0 END AS eligible_not_registered,
+           CASE WHEN i.person_id IS NULL THEN 1 ELSE 0 END AS registered_not_eligible
     FROM registered r
-    FULL OUTER JOIN in_ledger i ON i.person_key = r.person_key
-    LEFT JOIN lived l ON l.person_key = coalesce(r.person_key, i.person_key)
-    WHERE (r.person_key IS NULL AND l.village IS NOT NULL) OR i.person_key IS NULL
+    FULL OUTER JOIN in_ledger i ON i.person_id = r.person_id
+    LEFT JOIN lived l ON l.person_id = coalesce(r.person_id, i.person_id)
+    WHERE (r.person_id IS NULL AND l.village IS NOT NULL) OR i.person_id IS NULL
 ),
 counts AS (
-    SELECT lv.region_code, c.person_key, c.eligible_not_registered, c.registered_not_eligible
+    SELECT lv.region_code, c.person_id, c.eligible_not_registered, c.registered_not_eligible
     FROM compared c
     JOIN region_levels lv ON lv.code = c.village AND lv.level = $level
 )
 SELECT c.region_code, rg.name AS region_name,
        sum(c.eligible_not_registered) AS eligible_not_registered,
        sum(c.registered_not_eligible) AS registered_not_eligible,
-       sum(c.eligible_not_registered * cell_key(c.person_key)) AS eligible_not_registered__ck,
-       sum(c.registered_not_eligible * cell_key(c.person_key)) AS registered_not_eligible__ck
+       sum(c.eligible_not_registered * cell_key(c.person_id)) AS eligible_not_registered__ck,
+       sum(c.registered_not_eligible * cell_key(c.person_id)) AS registered_not_eligible__ck
 FROM counts c
 JOIN regions rg ON rg.code = c.region_code
 WHERE starts_with(c.region_code, $region)

@@ -19,18 +19,18 @@ seq AS (
     GROUP BY source
 ),
 dated AS (
-    SELECT source, person_key, event_date AS d, ingested_at FROM life_events
-    UNION ALL SELECT source, person_key, service_date, ingested_at FROM services
-    UNION ALL SELECT source, person_key, valid_from, ingested_at FROM group_flags
-    UNION ALL SELECT source, person_key, effective_date, ingested_at FROM registrations
+    SELECT source, person_id, event_date AS d, ingested_at FROM life_events
+    UNION ALL SELECT source, person_id, service_date, ingested_at FROM services
+    UNION ALL SELECT source, person_id, valid_from, ingested_at FROM group_flags
+    UNION ALL SELECT source, person_id, effective_date, ingested_at FROM registrations
 ),
 lagged AS (
     SELECT d.source,
            (to_unixtime(d.ingested_at) - to_unixtime(local_day_start(d.d))) / 86400.0 AS lag_days,
            -- frozen_from(d): the 10th of the month after d's (= date_trunc('month', d) + 1 month + 9 days).
            CASE WHEN local_date(d.ingested_at) >= frozen_from(d.d) THEN 1 ELSE 0 END AS frozen,
-           CASE WHEN p.person_key IS NULL THEN 1 ELSE 0 END AS orphan
-    FROM dated d LEFT JOIN people p ON p.person_key = d.person_key
+           CASE WHEN p.person_id IS NULL THEN 1 ELSE 0 END AS orphan
+    FROM dated d LEFT JOIN people p ON p.person_id = d.person_id
 ),
 t AS (
     SELECT source,

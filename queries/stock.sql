@@ -7,7 +7,7 @@
 -- param: level text county {province,city,county,township,village} | Region level of the rows
 -- param: region text 45 | Code prefix of the regions shown (45 = all of Guangxi)
 WITH s AS (
-    SELECT r.region_code, r.person_key
+    SELECT r.region_code, r.person_id
     FROM ledger_runs r
     WHERE r.level = $level
       AND starts_with(r.region_code, $region)
@@ -15,17 +15,17 @@ WITH s AS (
       AND (r.run_end IS NULL OR r.run_end > $as_of)
 ),
 g AS (
-    SELECT person_key,
+    SELECT person_id,
            max(CASE WHEN group_code = 'hardship' THEN 1 ELSE 0 END) AS hardship,
            max(CASE WHEN group_code = 'disabled' THEN 1 ELSE 0 END) AS disabled,
            max(CASE WHEN group_code = 'seriously_ill' THEN 1 ELSE 0 END) AS seriously_ill,
            max(CASE WHEN group_code = 'registered_poor' THEN 1 ELSE 0 END) AS registered_poor
     FROM group_episodes
     WHERE valid_from <= $as_of AND (valid_until IS NULL OR valid_until > $as_of)
-    GROUP BY person_key
+    GROUP BY person_id
 ),
 p AS (
-    SELECT s.region_code, s.person_key, cell_key(s.person_key) AS ck, pe.ethnicity,
+    SELECT s.region_code, s.person_id, cell_key(s.person_id) AS ck, pe.ethnicity,
            CAST(date_part('year', $as_of) - date_part('year', pe.birth_date) AS BIGINT)
              - CASE WHEN date_part('month', $as_of) * 100 + date_part('day', $as_of)
                          < date_part('month', pe.birth_date) * 100 + date_part('day', pe.birth_date)
@@ -33,8 +33,8 @@ p AS (
            coalesce(g.hardship, 0) AS hardship, coalesce(g.disabled, 0) AS disabled,
            coalesce(g.seriously_ill, 0) AS seriously_ill, coalesce(g.registered_poor, 0) AS registered_poor
     FROM s
-    JOIN people pe ON pe.person_key = s.person_key
-    LEFT JOIN g ON g.person_key = s.person_key
+    JOIN people pe ON pe.person_id = s.person_id
+    LEFT JOIN g ON g.person_id = s.person_id
 )
 SELECT p.region_code,
        rg.name AS region_name,

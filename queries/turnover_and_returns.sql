@@ -13,7 +13,7 @@ WITH m AS (
     SELECT month_start, month_end FROM calendar_months WHERE month_start >= $from AND month_start < $to
 ),
 r AS (
-    SELECT region_code, run_start, run_end, exit_reason, cell_key(person_key) AS ck
+    SELECT region_code, run_start, run_end, exit_reason, cell_key(person_id) AS ck
     FROM ledger_runs WHERE level = $level AND starts_with(region_code, $region)
 ),
 per AS (

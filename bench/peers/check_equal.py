@@ -207,7 +207,7 @@ def duckdb_connection(export_dir, store=None):
             stored[name] = f"SELECT {sel} {body}"
         stored["group_episodes"] = (
             "SELECT person_key, \"group\" AS group_code, valid_from, "
-            "CAST(valid_to + INTERVAL 1 DAY AS DATE) AS valid_until, detail, source "
+            "CAST(valid_to + INTERVAL 1 DAY AS DATE) AS valid_until, detail, source, person_id "
             "FROM group_flags WHERE person_key IS NOT NULL")
         batches = _files(DeltaTable(os.path.join(store, "batches")))
         cols = [r[0] for r in con.execute(

@@ -10,18 +10,18 @@ WITH span AS (
     SELECT CAST(date_trunc('year', $as_of) AS DATE) AS d_from, CAST($as_of + INTERVAL '1 day' AS DATE) AS d_to
 ),
 last_run AS (
-    SELECT r.person_key, r.region_code,
-           row_number() OVER (PARTITION BY r.person_key ORDER BY r.run_start DESC) AS rn
+    SELECT r.person_id, r.region_code,
+           row_number() OVER (PARTITION BY r.person_id ORDER BY r.run_start DESC) AS rn
     FROM ledger_runs r CROSS JOIN span
     WHERE r.level = $level AND r.run_start < span.d_to AND (r.run_end IS NULL OR r.run_end > span.d_from)
 ),
 women AS (
-    SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
+    SELECT person_id, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
 ),
 reached AS (
     -- The measure areas reached, as bits (M1 = 1, …, M7 = 64) gathered per woman, then
     -- counted: one group per woman, not per woman and measure.
-    SELECT person_key,
+    SELECT person_id,
            CASE WHEN mask & 1 <> 0 THEN 1 ELSE 0 END +
            CASE WHEN mask & 2 <> 0 THEN 1 ELSE 0 END +
            CASE WHEN mask & 4 <> 0 THEN 1 ELSE 0 END +
@@ -30,7 +30,7 @@ reached AS (
            CASE WHEN mask & 32 <> 0 THEN 1 ELSE 0 END +
            CASE WHEN mask & 64 <> 0 THEN 1 ELSE 0 END AS measures
     FROM (
-        SELECT s.person_key, bit_or(CASE s.measure
+        SELECT s.person_id, bit_or(CASE s.measure
                        WHEN 'M1' THEN 1
                        WHEN 'M2' THEN 2
                        WHEN 'M3' THEN 4
@@ -42,11 +42,11 @@ reached AS (
         FROM services s
         CROSS JOIN span
         JOIN status_episodes e
-          ON e.person_key = s.person_key
+          ON e.person_id = s.person_id
          AND s.service_date >= e.start_date
          AND (e.end_date IS NULL OR s.service_date < e.end_date)
         WHERE s.service_date >= span.d_from AND s.service_date < span.d_to
-        GROUP BY s.person_key
+        GROUP BY s.person_id
     ) AS m
 )
 SELECT w.region_code,
@@ -55,7 +55,7 @@ SELECT w.region_code,
        sum(coalesce(r.measures, 0)) AS measure_reaches,
        CAST(((sum(coalesce(r.measures, 0))) * 20000 + (count(*))) // (2 * (count(*))) AS DOUBLE) / 10000 AS mean_measures_per_woman
 FROM women w
-LEFT JOIN reached r ON r.person_key = w.person_key
+LEFT JOIN reached r ON r.person_id = w.person_id
 JOIN regions rg ON rg.code = w.region_code
 GROUP BY w.region_code, rg.name
 ORDER BY w.region_code

@@ -9,19 +9,19 @@
 -- param: region text 45 | Code prefix of the regions shown
 -- param: measure text '' | One measure (M1..M7); empty for all seven
 WITH last_run AS (
-    SELECT person_key, region_code,
-           row_number() OVER (PARTITION BY person_key ORDER BY run_start DESC) AS rn
+    SELECT person_id, region_code,
+           row_number() OVER (PARTITION BY person_id ORDER BY run_start DESC) AS rn
     FROM ledger_runs
     WHERE level = $level AND run_start < $to AND (run_end IS NULL OR run_end > $from)
 ),
 denominator AS (
-    SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
+    SELECT person_id, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
 ),
 served AS (
     -- The measure areas of each woman's services dated in the period inside one of her
     -- episodes, as bits (M1 = 1, M2 = 2, …, M7 = 64): one row per woman, not per woman and
     -- measure.
-    SELECT s.person_key,
+    SELECT s.person_id,
            bit_or(CASE s.measure
                        WHEN 'M1' THEN 1
                        WHEN 'M2' THEN 2
@@ -33,11 +33,11 @@ served AS (
                        ELSE 0 END) AS measures
     FROM services s
     JOIN status_episodes e
-      ON e.person_key = s.person_key
+      ON e.person_id = s.person_id
      AND s.service_date >= e.start_date
      AND (e.end_date IS NULL OR s.service_date < e.end_date)
     WHERE s.service_date >= $from AND s.service_date < $to
-    GROUP BY s.person_key
+    GROUP BY s.person_id
 ),
 measures AS (
     SELECT code AS measure, zh AS measure_zh FROM codes WHERE list = 'measures' AND ($measure = '' OR code = $measure)
@@ -55,7 +55,7 @@ per_region AS (
            sum(CASE WHEN sv.measures & 32 <> 0 THEN 1 ELSE 0 END) AS served_m6,
            sum(CASE WHEN sv.measures & 64 <> 0 THEN 1 ELSE 0 END) AS served_m7
     FROM denominator d
-    LEFT JOIN served sv ON sv.person_key = d.person_key
+    LEFT JOIN served sv ON sv.person_id = d.person_id
     GROUP BY d.region_code
 )
 SELECT p.region_code,

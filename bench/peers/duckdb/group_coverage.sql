@@ -9,39 +9,39 @@
 -- param: region text 45 | Code prefix of the regions shown
 -- param: measure text M1 | Measure area (M1..M7)
 WITH both_days AS (
-    SELECT e.person_key, g.group_code,
+    SELECT e.person_id, g.group_code,
            greatest(e.start_date, g.valid_from, $from) AS d_from,
            least(coalesce(e.end_date, $to), coalesce(g.valid_until, $to), $to) AS d_to
     FROM status_episodes e
-    JOIN group_episodes g ON g.person_key = e.person_key
+    JOIN group_episodes g ON g.person_id = e.person_id
 ),
 in_group AS (
     SELECT * FROM both_days WHERE d_from < d_to
 ),
 last_run AS (
-    SELECT person_key, region_code,
-           row_number() OVER (PARTITION BY person_key ORDER BY run_start DESC) AS rn
+    SELECT person_id, region_code,
+           row_number() OVER (PARTITION BY person_id ORDER BY run_start DESC) AS rn
     FROM ledger_runs
     WHERE level = $level AND run_start < $to AND (run_end IS NULL OR run_end > $from)
 ),
 region_of AS (
-    SELECT person_key, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
+    SELECT person_id, region_code FROM last_run WHERE rn = 1 AND starts_with(region_code, $region)
 ),
 per_woman AS (
     -- One row per woman and group: served when a service of the measure is dated on a day
     -- she was in both the group and the ledger (one pass over in_group, no DISTINCT counts).
-    SELECT i.person_key, i.group_code,
-           max(CASE WHEN s.person_key IS NULL THEN 0 ELSE 1 END) AS served
+    SELECT i.person_id, i.group_code,
+           max(CASE WHEN s.person_id IS NULL THEN 0 ELSE 1 END) AS served
     FROM in_group i
     LEFT JOIN services s
-      ON s.person_key = i.person_key
+      ON s.person_id = i.person_id
      AND s.measure = $measure
      AND s.service_date >= i.d_from
      AND s.service_date < i.d_to
      -- Implied by the two lines above (d_from >= $from, d_to <= $to); said so that the
      -- scan of services skips the pages outside the period.
      AND s.service_date >= $from AND s.service_date < $to
-    GROUP BY i.person_key, i.group_code
+    GROUP BY i.person_id, i.group_code
 )
 SELECT r.region_code,
        rg.name AS region_name,
@@ -50,7 +50,7 @@ SELECT r.region_code,
        sum(w.served) AS women_served,
        CAST((sum(w.served) * 20000 + count(*)) // (2 * count(*)) AS DOUBLE) / 10000 AS coverage
 FROM per_woman w
-JOIN region_of r ON r.person_key = w.person_key
+JOIN region_of r ON r.person_id = w.person_id
 JOIN regions rg ON rg.code = r.region_code
 GROUP BY r.region_code, rg.name, w.group_code
 ORDER BY r.region_code, w.group_code

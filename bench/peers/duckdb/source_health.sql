@@ -18,17 +18,17 @@ seq AS (
     GROUP BY source
 ),
 dated AS (
-    SELECT source, person_key, event_date AS d, ingested_at FROM life_events
-    UNION ALL SELECT source, person_key, service_date, ingested_at FROM services
-    UNION ALL SELECT source, person_key, valid_from, ingested_at FROM group_flags
-    UNION ALL SELECT source, person_key, effective_date, ingested_at FROM registrations
+    SELECT source, person_id, event_date AS d, ingested_at FROM life_events
+    UNION ALL SELECT source, person_id, service_date, ingested_at FROM services
+    UNION ALL SELECT source, person_id, valid_from, ingested_at FROM group_flags
+    UNION ALL SELECT source, person_id, effective_date, ingested_at FROM registrations
 ),
 lagged AS (
     SELECT d.source,
            (floor(epoch(d.ingested_at)) - floor(epoch(timezone('Asia/Shanghai', CAST(d.d AS TIMESTAMP))))) / 86400.0 AS lag_days,
            CASE WHEN CAST(timezone('Asia/Shanghai', d.ingested_at) AS DATE) >= CAST(date_trunc('month', d.d) + INTERVAL '1 month' + INTERVAL '9 days' AS DATE) THEN 1 ELSE 0 END AS frozen,
-           CASE WHEN p.person_key IS NULL THEN 1 ELSE 0 END AS orphan
-    FROM dated d LEFT JOIN people p ON p.person_key = d.person_key
+           CASE WHEN p.person_id IS NULL THEN 1 ELSE 0 END AS orphan
+    FROM dated d LEFT JOIN people p ON p.person_id = d.person_id
 ),
 t AS (
     SELECT source,

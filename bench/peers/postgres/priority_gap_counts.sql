@@ -3,24 +3,24 @@
 -- param: level text county {province,city,county,township,village} | Region level of the rows
 -- param: region text 45 | Code prefix of the regions shown
 WITH in_ledger AS (
-    SELECT person_key, region_code FROM ledger_runs
+    SELECT person_id, region_code FROM ledger_runs
     WHERE level = $level AND starts_with(region_code, $region)
       AND run_start <= $as_of AND (run_end IS NULL OR run_end > $as_of)
 ),
 grp AS (
-    SELECT DISTINCT person_key, group_code FROM group_episodes
+    SELECT DISTINCT person_id, group_code FROM group_episodes
     WHERE valid_from <= $as_of AND (valid_until IS NULL OR valid_until > $as_of)
 ),
 relief AS (
-    SELECT DISTINCT person_key FROM services
+    SELECT DISTINCT person_id FROM services
     WHERE measure = 'M1' AND service_date <= $as_of AND service_date > ($as_of - INTERVAL '1 year')::date
 )
 SELECT l.region_code, rg.name AS region_name, g.group_code,
        count(*) AS women_in_group,
-       sum(CASE WHEN r.person_key IS NULL THEN 1 ELSE 0 END) AS without_relief_12_months
+       sum(CASE WHEN r.person_id IS NULL THEN 1 ELSE 0 END) AS without_relief_12_months
 FROM in_ledger l
-JOIN grp g ON g.person_key = l.person_key
-LEFT JOIN relief r ON r.person_key = l.person_key
+JOIN grp g ON g.person_id = l.person_id
+LEFT JOIN relief r ON r.person_id = l.person_id
 JOIN regions rg ON rg.code = l.region_code
 GROUP BY l.region_code, rg.name, g.group_code
 ORDER BY l.region_code, g.group_code

@@ -26,7 +26,8 @@ CREATE TABLE women (
     children_under_16  bigint,
     elderly_dependants bigint,
     batch_id           text COLLATE "C" NOT NULL,
-    ingested_at        timestamptz NOT NULL
+    ingested_at        timestamptz NOT NULL,
+    person_id bigint
 );
 
 CREATE TABLE life_events (
@@ -44,7 +45,8 @@ CREATE TABLE life_events (
     destination    text COLLATE "C",
     work_type      text COLLATE "C",
     batch_id       text COLLATE "C" NOT NULL,
-    ingested_at    timestamptz NOT NULL
+    ingested_at    timestamptz NOT NULL,
+    person_id bigint
 );
 
 CREATE TABLE group_flags (
@@ -61,7 +63,8 @@ CREATE TABLE group_flags (
     valid_to       date,
     detail         text COLLATE "C",
     batch_id       text COLLATE "C" NOT NULL,
-    ingested_at    timestamptz NOT NULL
+    ingested_at    timestamptz NOT NULL,
+    person_id bigint
 );
 
 CREATE TABLE services (
@@ -82,7 +85,8 @@ CREATE TABLE services (
     amount_yuan    numeric(14,2),
     quantity       bigint,
     batch_id       text COLLATE "C" NOT NULL,
-    ingested_at    timestamptz NOT NULL
+    ingested_at    timestamptz NOT NULL,
+    person_id bigint
 );
 
 CREATE TABLE registrations (
@@ -99,7 +103,8 @@ CREATE TABLE registrations (
     reason         text COLLATE "C",
     region_code    text COLLATE "C",
     batch_id       text COLLATE "C" NOT NULL,
-    ingested_at    timestamptz NOT NULL
+    ingested_at    timestamptz NOT NULL,
+    person_id bigint
 );
 
 CREATE TABLE batches (
@@ -124,7 +129,8 @@ CREATE TABLE people (
     region_code    text COLLATE "C",
     marital_status text COLLATE "C",
     ethnicity      text COLLATE "C",
-    birth_date     date
+    birth_date     date,
+    person_id bigint
 );
 
 CREATE TABLE status_episodes (
@@ -136,14 +142,16 @@ CREATE TABLE status_episodes (
     exit_reason     text COLLATE "C",
     region_at_start text COLLATE "C",
     region_at_end   text COLLATE "C",
-    rule_version    text COLLATE "C" NOT NULL
+    rule_version    text COLLATE "C" NOT NULL,
+    person_id bigint
 );
 
 CREATE TABLE residence (
     person_key  text COLLATE "C" NOT NULL,
     valid_from  date NOT NULL,
     valid_to    date,
-    region_code text COLLATE "C"
+    region_code text COLLATE "C",
+    person_id bigint
 );
 
 CREATE TABLE ledger_runs (
@@ -154,7 +162,8 @@ CREATE TABLE ledger_runs (
     run_start    date NOT NULL,
     run_end      date,
     entry_reason text COLLATE "C" NOT NULL,
-    exit_reason  text COLLATE "C"
+    exit_reason  text COLLATE "C",
+    person_id bigint
 );
 
 CREATE TABLE group_episodes (
@@ -163,7 +172,8 @@ CREATE TABLE group_episodes (
     valid_from  date,
     valid_until date,
     detail      text COLLATE "C",
-    source      text COLLATE "C"
+    source      text COLLATE "C",
+    person_id bigint
 );
 
 CREATE TABLE regions (

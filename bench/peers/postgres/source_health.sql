@@ -14,17 +14,17 @@ seq AS (
     GROUP BY source
 ),
 dated AS (
-    SELECT source, person_key, event_date AS d, ingested_at FROM life_events
-    UNION ALL SELECT source, person_key, service_date, ingested_at FROM services
-    UNION ALL SELECT source, person_key, valid_from, ingested_at FROM group_flags
-    UNION ALL SELECT source, person_key, effective_date, ingested_at FROM registrations
+    SELECT source, person_id, event_date AS d, ingested_at FROM life_events
+    UNION ALL SELECT source, person_id, service_date, ingested_at FROM services
+    UNION ALL SELECT source, person_id, valid_from, ingested_at FROM group_flags
+    UNION ALL SELECT source, person_id, effective_date, ingested_at FROM registrations
 ),
 lagged AS (
     SELECT d.source,
            (floor(extract(epoch FROM d.ingested_at)) - floor(extract(epoch FROM d.d::timestamp AT TIME ZONE 'Asia/Shanghai')))::double precision / 86400.0 AS lag_days,
            CASE WHEN (d.ingested_at AT TIME ZONE 'Asia/Shanghai')::date >= (date_trunc('month', d.d::timestamp) + INTERVAL '1 month' + INTERVAL '9 days')::date THEN 1 ELSE 0 END AS frozen,
-           CASE WHEN p.person_key IS NULL THEN 1 ELSE 0 END AS orphan
-    FROM dated d LEFT JOIN people p ON p.person_key = d.person_key
+           CASE WHEN p.person_id IS NULL THEN 1 ELSE 0 END AS orphan
+    FROM dated d LEFT JOIN people p ON p.person_id = d.person_id
 ),
 t AS (
     SELECT source,

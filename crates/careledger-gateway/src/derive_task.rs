@@ -65,6 +65,9 @@ impl DeriverTask {
                     match deriver.run_once().await {
                         Ok(Some(stats)) => {
                             metrics.derive_cycle(started.elapsed(), stats.women);
+                            if stats.rebuild {
+                                check_person_ids(&deriver).await;
+                            }
                             tracing::debug!(
                                 cycle = stats.cycle,
                                 women = stats.women,
@@ -99,11 +102,14 @@ impl DeriverTask {
                     if active && !failed && Deriver::needs_compaction(&s) {
                         let started = Instant::now();
                         match deriver.compact().await {
-                            Ok(dropped) => tracing::info!(
-                                dropped,
-                                ms = started.elapsed().as_millis() as u64,
-                                "derived tables compacted"
-                            ),
+                            Ok(dropped) => {
+                                tracing::info!(
+                                    dropped,
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "derived tables compacted"
+                                );
+                                check_person_ids(&deriver).await;
+                            }
                             Err(e) => {
                                 metrics.derive_error();
                                 tracing::error!(error = %e, "compacting the derived tables failed");
@@ -160,4 +166,18 @@ async fn pending(store: &Store, state: &DerivedState) -> u64 {
         }
     }
     n
+}
+
+/// Logs an error when two women of the derived ledger share a `person_id` (the reports would
+/// count them as one): checked after every rebuild and compaction.
+async fn check_person_ids(deriver: &Deriver) {
+    match deriver.person_id_collisions().await {
+        Ok(0) => {}
+        Ok(n) => tracing::error!(
+            person_ids = n,
+            "women share a person_id (the first 64 bits of their person_key): reports count \
+             each such pair as one woman"
+        ),
+        Err(e) => tracing::warn!(error = %e, "checking person_id collisions failed"),
+    }
 }

@@ -46,9 +46,14 @@ pub fn bitemporal_fields() -> [Field; 3] {
     ]
 }
 
+/// The last column of every derived table but `superseded`: the 64-bit number of the row's
+/// `person_key` (`careledger_model::pseudonym::person_id`), which reports join and group on.
+pub const PERSON_ID: &str = "person_id";
+
 fn with_bitemporal(fields: Vec<Field>) -> SchemaRef {
     let mut fields = fields;
     fields.extend(bitemporal_fields());
+    fields.push(Field::new(PERSON_ID, DataType::Int64, true));
     Arc::new(Schema::new(fields))
 }
 

@@ -29,11 +29,12 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Schema, SchemaRef, TimeUnit};
+use careledger_model::pseudonym::person_id;
 use careledger_model::status::{EventKind, LifeEvent, RuleParams};
 use careledger_model::{Table, from_epoch_days as date};
 use careledger_store::{
     Append, DERIVED_EPISODES, DERIVED_PEOPLE, DERIVED_RESIDENCE, DERIVED_RUNS, DERIVED_SUPERSEDED,
-    Store, derived_current, derived_tables,
+    PERSON_ID, Store, derived_current, derived_tables,
 };
 use chrono::{DateTime, Utc};
 use datafusion::datasource::MemTable;
@@ -61,10 +62,16 @@ fn app_source(table: Table) -> String {
     format!("careledger-deriver/source/{}", table.as_str())
 }
 
-/// A stable number for a rule version (Delta transactions hold integers).
+/// The layout of the derived tables. A store derived under another layout (or another rule)
+/// is rebuilt when the deriver first runs: `person-id` added `person_id` to every derived
+/// table, which rows derived before it lack.
+const DERIVED_LAYOUT: &str = "person-id";
+
+/// A stable number for a rule version and the derived layout (Delta transactions hold
+/// integers).
 fn rule_fingerprint(rule: &RuleParams) -> i64 {
     use sha2::Digest;
-    let d = sha2::Sha256::digest(rule.rule_version().as_bytes());
+    let d = sha2::Sha256::digest(format!("{}|{DERIVED_LAYOUT}", rule.rule_version()).as_bytes());
     i64::from_be_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX
 }
 
@@ -548,6 +555,34 @@ impl Deriver {
             .await?)
     }
 
+    /// How many `person_id`s the live `people` rows share between different `person_key`s
+    /// (0 unless two women's pseudonyms agree in their first 64 bits, see
+    /// `careledger_model::pseudonym::person_id`). Reports join and group on `person_id`, so
+    /// such women would be counted as one: the server checks after every rebuild and
+    /// compaction and logs an error naming the count.
+    pub async fn person_id_collisions(&self) -> Result<u64> {
+        let state = DerivedState::read(&self.store).await?;
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let sup = self.store.refresh(DERIVED_SUPERSEDED).await?;
+        ctx.register_table("superseded_", sup.table_provider().await?)?;
+        let people = self.store.refresh(DERIVED_PEOPLE).await?;
+        ctx.register_table("t_", people.table_provider().await?)?;
+        let batches = ctx
+            .sql(&format!(
+                "SELECT count(*) AS n FROM (SELECT t.person_id FROM {} AND t.known_to IS NULL \
+                 GROUP BY t.person_id HAVING count(DISTINCT t.person_key) > 1)",
+                live_from("t_", "superseded_", &state)
+            ))
+            .await?
+            .collect()
+            .await?;
+        let n = batches
+            .first()
+            .filter(|b| b.num_rows() > 0)
+            .map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0));
+        Ok(n as u64)
+    }
+
     /// Whether dead rows are many enough to rewrite the tables without them: more superseded
     /// entries than a quarter of the women (and at least 10,000).
     pub fn needs_compaction(state: &DerivedState) -> bool {
@@ -808,6 +843,27 @@ fn utf8(b: &RecordBatch, name: &str) -> Result<StringArray> {
     })?;
     let cast = datafusion::arrow::compute::cast(col, &DataType::Utf8)?;
     Ok(cast.as_string::<i32>().clone())
+}
+
+/// The schema a derived table's rows are built with: the stored one without `person_id`,
+/// which [`with_person_id`] adds.
+fn built(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != PERSON_ID)
+        .cloned()
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// `b` (built with [`built`]`(schema)`) with its `person_id` column, from `person_key`.
+fn with_person_id(b: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let keys = utf8(&b, "person_key")?;
+    let ids: arrow_array::Int64Array = keys.iter().map(|k| k.and_then(person_id)).collect();
+    let mut cols = b.columns().to_vec();
+    cols.push(Arc::new(ids));
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
 /// Casts a scanned batch to `schema` (Delta scans may return string views or dictionaries).
@@ -1084,7 +1140,7 @@ impl Builders {
         p.extend(self.p_iv.finish());
         out.push((
             DERIVED_PEOPLE,
-            RecordBatch::try_new(schemas[DERIVED_PEOPLE].clone(), p)?,
+            RecordBatch::try_new(built(&schemas[DERIVED_PEOPLE]), p)?,
         ));
         let mut e: Vec<ArrayRef> = vec![
             Arc::new(self.e_key.finish()),
@@ -1100,7 +1156,7 @@ impl Builders {
         e.extend(self.e_iv.finish());
         out.push((
             DERIVED_EPISODES,
-            RecordBatch::try_new(schemas[DERIVED_EPISODES].clone(), e)?,
+            RecordBatch::try_new(built(&schemas[DERIVED_EPISODES]), e)?,
         ));
         let mut r: Vec<ArrayRef> = vec![
             Arc::new(self.r_key.finish()),
@@ -1111,7 +1167,7 @@ impl Builders {
         r.extend(self.r_iv.finish());
         out.push((
             DERIVED_RESIDENCE,
-            RecordBatch::try_new(schemas[DERIVED_RESIDENCE].clone(), r)?,
+            RecordBatch::try_new(built(&schemas[DERIVED_RESIDENCE]), r)?,
         ));
         let mut u: Vec<ArrayRef> = vec![
             Arc::new(self.u_level.finish()),
@@ -1126,7 +1182,7 @@ impl Builders {
         u.extend(self.u_iv.finish());
         out.push((
             DERIVED_RUNS,
-            RecordBatch::try_new(schemas[DERIVED_RUNS].clone(), u)?,
+            RecordBatch::try_new(built(&schemas[DERIVED_RUNS]), u)?,
         ));
         Ok((out, self.current_women))
     }
@@ -1170,7 +1226,10 @@ fn compute(
     for (t, b) in Table::ALL.iter().zip(inputs) {
         let rows = current_rows(b, member)?;
         let name = derived_current(*t);
-        out.push((name, with_intervals(b, &rows, cycle, &schemas[name])?));
+        out.push((
+            name,
+            with_intervals(b, &rows, cycle, &built(&schemas[name]))?,
+        ));
         match t {
             Table::Women => {
                 let pk = utf8(b, "person_key")?;
@@ -1314,5 +1373,9 @@ fn compute(
     }
     let (rows, current) = bld.finish()?;
     out.extend(rows);
+    let out = out
+        .into_iter()
+        .map(|(name, b)| Ok((name, with_person_id(b, &schemas[name])?)))
+        .collect::<Result<Vec<_>>>()?;
     Ok((out, current))
 }

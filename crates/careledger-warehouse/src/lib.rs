@@ -31,8 +31,8 @@ use careledger_model::status::RuleParams;
 use careledger_model::{LocalZone, RegionLevel, Table};
 use careledger_store::{
     BATCHES, DERIVED_EPISODES, DERIVED_PEOPLE, DERIVED_RESIDENCE, DERIVED_RUNS, DERIVED_SUPERSEDED,
-    REJECTS, Store, StoreError, derived_current, episode_fields, people_fields, residence_fields,
-    run_fields,
+    PERSON_ID, REJECTS, Store, StoreError, derived_current, episode_fields, people_fields,
+    residence_fields, run_fields,
 };
 use chrono::{DateTime, Utc};
 use datafusion::common::ScalarValue;
@@ -587,6 +587,11 @@ impl Warehouse {
         ));
         stored.push(("residence", DERIVED_RESIDENCE, names_of(residence_fields())));
         stored.push(("ledger_runs", DERIVED_RUNS, names_of(run_fields())));
+        // Every derived relation shows `person_id` last: the 64-bit number of `person_key`
+        // that reports join and group on.
+        for (_, _, cols) in &mut stored {
+            cols.push(PERSON_ID.to_string());
+        }
         for (i, (name, table, cols)) in stored.iter().enumerate() {
             let provider = format!("dx_{i}");
             ctx.register_table(
@@ -638,8 +643,8 @@ impl Warehouse {
         let groups = ctx
             .sql(
                 "SELECT person_key, \"group\" AS group_code, valid_from, \
-                 CAST(valid_to + INTERVAL '1 day' AS DATE) AS valid_until, detail, source \
-                 FROM group_flags WHERE person_key IS NOT NULL",
+                 CAST(valid_to + INTERVAL '1 day' AS DATE) AS valid_until, detail, source, \
+                 person_id FROM group_flags WHERE person_key IS NOT NULL",
             )
             .await?;
         ctx.register_table("group_episodes", groups.into_view())?;

@@ -28,7 +28,8 @@ pub const CELL_KEY_SUFFIX: &str = "__ck";
 /// Record keys are below 2^32, so a sum over a million women fits an i64 with room to spare.
 const RECORD_KEY_BITS: u32 = 32;
 
-/// `cell_key(person_key) -> BIGINT`: the woman's record key (publication snapshots), or 0.
+/// `cell_key(person_key or person_id) -> BIGINT`: the woman's record key (publication
+/// snapshots), or 0.
 #[derive(PartialEq, Eq, Hash)]
 struct CellKey {
     secret: Option<[u8; 32]>,
@@ -43,10 +44,11 @@ impl std::fmt::Debug for CellKey {
     }
 }
 
-/// The record key of one `person_key` under `secret`.
-pub fn record_key(secret: &[u8; 32], person_key: &str) -> i64 {
+/// The record key of one woman under `secret`, from her `person_id` (the 64-bit number of
+/// her `person_key`), so that `cell_key(person_key)` and `cell_key(person_id)` agree.
+pub fn record_key(secret: &[u8; 32], person_id: i64) -> i64 {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(person_key.as_bytes());
+    mac.update(&person_id.to_be_bytes());
     let d = mac.finalize().into_bytes();
     let x = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
     (x >> (64 - RECORD_KEY_BITS)) as i64
@@ -73,14 +75,27 @@ impl ScalarUDFImpl for CellKey {
             return Ok(ColumnarValue::Scalar(ScalarValue::Int64(Some(0))));
         };
         let array = arg.to_array(args.number_rows)?;
-        let text = datafusion::arrow::compute::cast(&array, &DataType::Utf8)?;
-        let text = text
-            .as_any()
-            .downcast_ref::<arrow_array::StringArray>()
-            .expect("cast to Utf8");
-        let keys: Int64Array = (0..text.len())
-            .map(|i| (!text.is_null(i)).then(|| record_key(secret, text.value(i))))
-            .collect();
+        let keys: Int64Array = if array.data_type() == &DataType::Int64 {
+            let ids = array
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("an Int64 array");
+            ids.iter()
+                .map(|id| id.map(|id| record_key(secret, id)))
+                .collect()
+        } else {
+            let text = datafusion::arrow::compute::cast(&array, &DataType::Utf8)?;
+            let text = text
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .expect("cast to Utf8");
+            text.iter()
+                .map(|k| {
+                    k.and_then(careledger_model::pseudonym::person_id)
+                        .map(|id| record_key(secret, id))
+                })
+                .collect()
+        };
         Ok(ColumnarValue::Array(Arc::new(keys) as ArrayRef))
     }
 }
@@ -94,6 +109,7 @@ pub(crate) fn cell_key_udf(secret: Option<[u8; 32]>) -> ScalarUDF {
                 TypeSignature::Exact(vec![DataType::Utf8]),
                 TypeSignature::Exact(vec![DataType::Utf8View]),
                 TypeSignature::Exact(vec![DataType::LargeUtf8]),
+                TypeSignature::Exact(vec![DataType::Int64]),
             ],
             Volatility::Immutable,
         ),

@@ -73,6 +73,16 @@ pub(crate) fn parse(text: &str) -> Ledger {
 
 /// Validates and commits one batch; panics on any row error (the ledger is meant valid).
 pub(crate) async fn commit(store: &Store, batch: &Batch, n: usize) {
+    commit_edited(store, batch, n, |b| b).await
+}
+
+/// [`commit`], with the stored rows changed by `edit` before they are appended.
+pub(crate) async fn commit_edited(
+    store: &Store,
+    batch: &Batch,
+    n: usize,
+    edit: impl Fn(arrow_array::RecordBatch) -> arrow_array::RecordBatch,
+) {
     let spec = batch.table.spec();
     let body = batch.rows.join("\n");
     let mut reader = arrow_json::ReaderBuilder::new(spec.wire_schema())
@@ -100,7 +110,7 @@ pub(crate) async fn commit(store: &Store, batch: &Batch, n: usize) {
         .append(
             batch.table.as_str(),
             Append {
-                batches: vec![v.stored],
+                batches: vec![edit(v.stored)],
                 ..Append::default()
             },
         )
