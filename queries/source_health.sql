@@ -36,7 +36,7 @@ t AS (
     SELECT source,
            count(*) AS dated_rows,
            round(median(lag_days), 1) AS lag_days_median,
-           round(approx_percentile_cont(lag_days, 0.9), 1) AS lag_days_p90,
+           round(percentile_cont(0.9) WITHIN GROUP (ORDER BY lag_days), 1) AS lag_days_p90,
            exact_rate(sum(frozen), count(*)) AS share_in_frozen_periods,
            sum(orphan) AS orphan_rows
     FROM lagged GROUP BY source

@@ -1,4 +1,4 @@
--- DuckDB peer of queries/source_health.sql. Changes: to_unixtime(x) -> floor(epoch(x)) (DataFusion's is whole seconds); careledger's local_date / local_day_start (days in Asia/Shanghai, its default zone) -> timezone('Asia/Shanghai', ...); approx_percentile_cont -> exact quantile_cont (careledger's t-digest estimate is approximate and varies run to run); exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as CAST((n * 20000 + d) // (2 * d) AS DOUBLE) / 10000.
+-- DuckDB peer of queries/source_health.sql. Changes: to_unixtime(x) -> floor(epoch(x)) (DataFusion's is whole seconds); careledger's local_date / local_day_start (days in Asia/Shanghai, its default zone) -> timezone('Asia/Shanghai', ...); percentile_cont(0.9) WITHIN GROUP -> quantile_cont; exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as CAST((n * 20000 + d) // (2 * d) AS DOUBLE) / 10000.
 -- name: source_health
 -- title_zh: 数据源健康状况
 -- title_en: Source health: batches, rejects, timeliness

@@ -1,4 +1,4 @@
--- PostgreSQL peer of queries/source_health.sql. Changes: to_unixtime(x) -> floor(extract(epoch ...)) as double (DataFusion's is whole seconds); careledger's local_date / local_day_start (days in Asia/Shanghai, its default zone) -> AT TIME ZONE 'Asia/Shanghai'; median -> percentile_cont(0.5); approx_percentile_cont -> exact percentile_cont(0.9) (careledger's t-digest estimate is approximate and varies run to run); exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as div(n * 20000 + d, 2 * d)::double precision / 10000.
+-- PostgreSQL peer of queries/source_health.sql. Changes: to_unixtime(x) -> floor(extract(epoch ...)) as double (DataFusion's is whole seconds); careledger's local_date / local_day_start (days in Asia/Shanghai, its default zone) -> AT TIME ZONE 'Asia/Shanghai'; median -> percentile_cont(0.5); exact_rate(n, d) (careledger's exact rate) written out in integer arithmetic as div(n * 20000 + d, 2 * d)::double precision / 10000.
 WITH b AS (
     SELECT source,
            max(committed_at) AS last_batch_at,

@@ -96,7 +96,7 @@ fn dates_of(zone: &LocalZone, micros: &Int64Array) -> Date32Array {
     // The zone's offset is looked up once per hour of UTC time in this batch
     // (timestamps of one batch cluster in a few hours), then applied as
     // arithmetic.
-    let mut offsets = HashMap::new();
+    let mut offsets = Memo::new();
     micros
         .iter()
         .map(|m| {
@@ -115,12 +115,11 @@ fn dates_of(zone: &LocalZone, micros: &Int64Array) -> Date32Array {
 /// The instant each day begins in the zone.
 fn starts_of(zone: &LocalZone, days: &Date32Array) -> TimestampMicrosecondArray {
     // Few distinct days per batch: each day's start is computed once.
-    let mut memo: HashMap<i32, i64> = HashMap::new();
+    let mut memo: Memo<i32, i64> = Memo::new();
     (0..days.len())
         .map(|i| {
             (!days.is_null(i)).then(|| {
-                let day = days.value(i);
-                *memo.entry(day).or_insert_with(|| {
+                memo.get(days.value(i), |day| {
                     zone.start_of(careledger_model::from_epoch_days(day))
                         .timestamp_micros()
                 })
@@ -132,11 +131,10 @@ fn starts_of(zone: &LocalZone, days: &Date32Array) -> TimestampMicrosecondArray 
 /// The day a date's month is frozen from: the 10th of the following month (that month's
 /// figures are published then). Memoised per distinct day.
 fn frozen_from(days: &Date32Array) -> Date32Array {
-    let mut memo: HashMap<i32, Option<i32>> = HashMap::new();
+    let mut memo: Memo<i32, Option<i32>> = Memo::new();
     days.iter()
         .map(|d| {
-            let d = d?;
-            *memo.entry(d).or_insert_with(|| {
+            memo.get(d?, |d| {
                 let first = careledger_model::from_epoch_days(d).with_day(1)?;
                 let next = first.checked_add_months(chrono::Months::new(1))?;
                 Some(careledger_model::epoch_days(next.with_day(10)?))
@@ -145,15 +143,42 @@ fn frozen_from(days: &Date32Array) -> Date32Array {
         .collect()
 }
 
+/// A memo of a function of a key within one batch: the last key's value first (rows of a
+/// batch come in runs of one day or one ingestion instant), then a map.
+struct Memo<K, V> {
+    last: Option<(K, V)>,
+    seen: HashMap<K, V>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V: Copy> Memo<K, V> {
+    fn new() -> Self {
+        Memo {
+            last: None,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, key: K, f: impl FnOnce(K) -> V) -> V {
+        if let Some((k, v)) = self.last
+            && k == key
+        {
+            return v;
+        }
+        let v = *self.seen.entry(key).or_insert_with(|| f(key));
+        self.last = Some((key, v));
+        v
+    }
+}
+
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
 
 /// The zone's UTC offset (µs) throughout the UTC hour holding `micros`, when it is the same at
 /// the hour's start and end (None: a transition falls inside that hour; the caller converts
 /// exactly). Memoised per hour in `seen`.
-fn hour_offset(zone: &LocalZone, micros: i64, seen: &mut HashMap<i64, Option<i64>>) -> Option<i64> {
+fn hour_offset(zone: &LocalZone, micros: i64, seen: &mut Memo<i64, Option<i64>>) -> Option<i64> {
     let hour = micros.div_euclid(MICROS_PER_HOUR);
-    *seen.entry(hour).or_insert_with(|| {
+    seen.get(hour, |hour| {
         let offset_at = |m: i64| {
             let t = DateTime::from_timestamp_micros(m)?;
             Some(i64::from(zone.offset_seconds(t)) * 1_000_000)
