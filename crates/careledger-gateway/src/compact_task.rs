@@ -72,7 +72,9 @@ pub fn start(
                 if files <= config.max_files {
                     continue;
                 }
-                match store.compact(name, config.target_bytes).await {
+                // One bin at a time: ingest and the deriver need the cores, and each bin
+                // rewritten at once holds its rows in flight.
+                match store.compact_with(name, config.target_bytes, 1).await {
                     Ok(s) => tracing::info!(
                         table = name,
                         files_before = files,

@@ -890,6 +890,19 @@ impl Store {
     /// OPTIMIZE, bin-packing). Rows, and so every query answer, are unchanged; concurrent
     /// appends from a running server do not conflict with it.
     pub async fn compact(&self, name: &str, target_bytes: u64) -> Result<CompactStats> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.compact_with(name, target_bytes, cores).await
+    }
+
+    /// [`Store::compact`] rewriting at most `tasks` bins at once (each holds a bin's rows
+    /// in flight): the server's background compaction uses one, beside ingest and the
+    /// deriver.
+    pub async fn compact_with(
+        &self,
+        name: &str,
+        target_bytes: u64,
+        tasks: usize,
+    ) -> Result<CompactStats> {
         // One compaction of a table at a time: in this process by its mutex, across processes
         // sharing a local store by an exclusive lock on `.compact-<table>.lock` in its root
         // (held until the rewrite is committed; `derived/x` locks `.compact-derived-x.lock`).
@@ -916,6 +929,7 @@ impl Store {
             .optimize()
             .with_commit_properties(keep_logs())
             .with_target_size(target)
+            .with_max_concurrent_tasks(tasks.max(1))
             .with_writer_properties(self.writer.clone())
             .await?;
         let version = table.version().unwrap_or_default();
