@@ -178,6 +178,12 @@ def duckdb_connection(export_dir, store=None):
     import duckdb
     con = duckdb.connect()
     stored = {}
+
+    def columns(name):
+        """The columns careledger's SQL shows for `name` (those of its export), in order."""
+        path = os.path.join(export_dir, name + ".parquet").replace("'", "''")
+        return [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()]
+
     if store is not None:
         from deltalake import DeltaTable
         app = "careledger-deriver/"
@@ -192,9 +198,7 @@ def duckdb_connection(export_dir, store=None):
                 "GROUP BY person_key")
         for name, path in STORED.items():
             files = _files(DeltaTable(os.path.join(store, path)))
-            cols = [r[0] for r in con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet('{os.path.join(export_dir, name + '.parquet')}')").fetchall()]
-            sel = ", ".join(f't."{c}"' for c in cols)
+            sel = ", ".join(f't."{c}"' for c in columns(name))
             where = f"t.gen >= {floor} AND t.gen <= {cycle} AND t.known_to IS NULL"
             if sup_files:
                 body = (f"FROM cl_superseded s RIGHT JOIN read_parquet({_parquet_list(files)}) t "
@@ -207,9 +211,7 @@ def duckdb_connection(export_dir, store=None):
             "CAST(valid_to + INTERVAL 1 DAY AS DATE) AS valid_until, detail, source, person_id "
             "FROM group_flags WHERE person_key IS NOT NULL")
         batches = _files(DeltaTable(os.path.join(store, "batches")))
-        cols = [r[0] for r in con.execute(
-            f"DESCRIBE SELECT * FROM read_parquet('{os.path.join(export_dir, 'batches.parquet')}')").fetchall()]
-        sel = ", ".join(f'"{c}"' for c in cols)
+        sel = ", ".join(f'"{c}"' for c in columns("batches"))
         stored["batches"] = f"SELECT {sel} FROM read_parquet({_parquet_list(batches)})"
     for t in pgload.TABLES:
         if t in stored:

@@ -527,12 +527,7 @@ impl Deriver {
     /// The live rows of derived table `name` as of the last complete cycle, every column but
     /// `gen` (for tests, and for reading the derived ledger without the SQL views).
     pub async fn live_rows(&self, name: &str) -> Result<Vec<RecordBatch>> {
-        let state = DerivedState::read(&self.store).await?;
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-        let sup = self.store.refresh(DERIVED_SUPERSEDED).await?;
-        ctx.register_table("superseded_", sup.table_provider().await?)?;
-        let table = self.store.refresh(name).await?;
-        ctx.register_table("t_", table.table_provider().await?)?;
+        let (ctx, live) = self.live_source(name).await?;
         let schema = derived_tables()
             .into_iter()
             .find(|(n, _)| *n == name)
@@ -545,14 +540,23 @@ impl Deriver {
             .map(|f| format!("t.\"{}\"", f.name()))
             .collect();
         Ok(ctx
-            .sql(&format!(
-                "SELECT {} FROM {}",
-                cols.join(", "),
-                live_from("t_", "superseded_", &state)
-            ))
+            .sql(&format!("SELECT {} FROM {live}", cols.join(", ")))
             .await?
             .collect()
             .await?)
+    }
+
+    /// A session holding derived table `name` as `t_` and `derived/superseded` as
+    /// `superseded_`, and the `FROM` clause ([`live_from`], at the last complete cycle) that
+    /// keeps the live rows of `t_`.
+    async fn live_source(&self, name: &str) -> Result<(SessionContext, String)> {
+        let state = DerivedState::read(&self.store).await?;
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let sup = self.store.refresh(DERIVED_SUPERSEDED).await?;
+        ctx.register_table("superseded_", sup.table_provider().await?)?;
+        let table = self.store.refresh(name).await?;
+        ctx.register_table("t_", table.table_provider().await?)?;
+        Ok((ctx, live_from("t_", "superseded_", &state)))
     }
 
     /// How many `person_id`s the live `people` rows share between different `person_key`s
@@ -561,17 +565,11 @@ impl Deriver {
     /// such women would be counted as one: the server checks after every rebuild and
     /// compaction and logs an error naming the count.
     pub async fn person_id_collisions(&self) -> Result<u64> {
-        let state = DerivedState::read(&self.store).await?;
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-        let sup = self.store.refresh(DERIVED_SUPERSEDED).await?;
-        ctx.register_table("superseded_", sup.table_provider().await?)?;
-        let people = self.store.refresh(DERIVED_PEOPLE).await?;
-        ctx.register_table("t_", people.table_provider().await?)?;
+        let (ctx, live) = self.live_source(DERIVED_PEOPLE).await?;
         let batches = ctx
             .sql(&format!(
-                "SELECT count(*) AS n FROM (SELECT t.person_id FROM {} AND t.known_to IS NULL \
-                 GROUP BY t.person_id HAVING count(DISTINCT t.person_key) > 1)",
-                live_from("t_", "superseded_", &state)
+                "SELECT count(*) AS n FROM (SELECT t.person_id FROM {live} AND t.known_to IS NULL \
+                 GROUP BY t.person_id HAVING count(DISTINCT t.person_key) > 1)"
             ))
             .await?
             .collect()

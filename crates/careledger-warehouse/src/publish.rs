@@ -121,10 +121,11 @@ pub const RATE_PLACES: u32 = 4;
 
 /// `numerator / denominator` rounded to [`RATE_PLACES`] decimal places exactly: the quotient
 /// is rounded in integer arithmetic, halves away from zero (351/480 = 0.73125 → 0.7313), and
-/// the result is the double nearest that decimal, which prints as it. `None` when the denominator is 0. The same function rounds a report's rates
-/// in SQL (`exact_rate`) and a publication's rates recomputed from its published counts, so
-/// ties round the same way everywhere (a floating-point quotient rounded afterwards does not:
-/// 351/480 is 0.7312499999999999… as a double, and engines differ on it).
+/// the result is the double nearest that decimal, which prints as it. `None` when the
+/// denominator is 0. The same function rounds a report's rates in SQL (`exact_rate`) and a
+/// publication's rates recomputed from its published counts, so ties round the same way
+/// everywhere (a floating-point quotient rounded afterwards does not: 351/480 is
+/// 0.7312499999999999… as a double, and engines differ on it).
 pub fn exact_rate(numerator: i64, denominator: i64) -> Option<f64> {
     if denominator == 0 {
         return None;
@@ -165,10 +166,9 @@ impl ScalarUDFImpl for ExactRate {
         let [num, den] = args.args.as_slice() else {
             return exec_err!("exact_rate takes two arguments: numerator, denominator");
         };
+        // The signature coerces both arguments to BIGINT.
         let num = num.to_array(args.number_rows)?;
         let den = den.to_array(args.number_rows)?;
-        let num = datafusion::arrow::compute::cast(&num, &DataType::Int64)?;
-        let den = datafusion::arrow::compute::cast(&den, &DataType::Int64)?;
         let (Some(num), Some(den)) = (
             num.as_any().downcast_ref::<Int64Array>(),
             den.as_any().downcast_ref::<Int64Array>(),
