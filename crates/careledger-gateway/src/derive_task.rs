@@ -36,8 +36,9 @@ impl Drop for DeriverTask {
 }
 
 impl DeriverTask {
-    /// Starts the task on `runtime` (the query runtime: its scans and decoding stay off the
-    /// threads that serve HTTP; the rule itself runs on blocking threads).
+    /// Starts the task on `runtime` (the server's background runtime: its scans and decoding
+    /// stay off the threads that serve HTTP and queries, at a lower priority; the rule itself
+    /// runs on its blocking threads).
     ///
     /// With `active` false the task runs no cycle: another process derives this store, and the
     /// task only follows what the derived tables reflect (every second), for `wait_for`.

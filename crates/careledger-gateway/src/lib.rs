@@ -157,7 +157,7 @@ impl AppState {
         let deriver = derive_task::DeriverTask::start(
             warehouse.deriver().clone(),
             metrics.clone(),
-            engine::query_runtime().handle(),
+            engine::background_runtime().handle(),
             config.derive,
         );
         let query = config.query.clone();
@@ -171,7 +171,7 @@ impl AppState {
         let compactor = compact_task::start(
             store.clone(),
             config.compaction,
-            engine::query_runtime().handle(),
+            engine::background_runtime().handle(),
         );
         let config_budget_kib = config.ingest_budget_bytes.div_ceil(1024).max(1);
         Ok(Arc::new(AppState {

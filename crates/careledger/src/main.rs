@@ -13,6 +13,12 @@ use careledger_store::Store;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use rand::RngCore;
 
+/// The process allocator. With glibc's, the server's peak RSS while one sender loaded 1M women
+/// was 8.9 GB, about half of it freed memory held in glibc's per-thread arenas
+/// (`MALLOC_ARENA_MAX=2` halved it, at a fifth of the throughput); see BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod demo;
 mod derive;
