@@ -13,11 +13,9 @@ use careledger_store::Store;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use rand::RngCore;
 
-/// The process allocator. With glibc's, the server's peak RSS while one sender loaded 1M women
-/// was 8.9 GB, about half of it freed memory held in glibc's per-thread arenas
-/// (`MALLOC_ARENA_MAX=2` halved it, at a fifth of the throughput); see BENCHMARKS.md.
+/// The process allocator (see `careledger-alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: careledger_alloc::Allocator = careledger_alloc::ALLOCATOR;
 
 mod client;
 mod demo;
@@ -248,6 +246,7 @@ enum TokenAction {
 }
 
 fn main() -> Result<()> {
+    careledger_alloc::return_freed_memory_at_once();
     private_umask();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
