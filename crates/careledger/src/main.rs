@@ -13,10 +13,6 @@ use careledger_store::Store;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use rand::RngCore;
 
-/// The process allocator (see `careledger-alloc`).
-#[global_allocator]
-static ALLOCATOR: careledger_alloc::Allocator = careledger_alloc::ALLOCATOR;
-
 mod client;
 mod demo;
 mod derive;
@@ -246,7 +242,6 @@ enum TokenAction {
 }
 
 fn main() -> Result<()> {
-    careledger_alloc::return_freed_memory_at_once();
     private_umask();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
