@@ -427,8 +427,8 @@ pub(crate) fn query_runtime() -> &'static tokio::runtime::Runtime {
 
 /// Nice value of the background threads (the deriver, compaction): on a machine busy with
 /// pushes, the threads that acknowledge them come first, and the derived ledger catches up
-/// in what is left. Measured at 1M women with one sender on 2 cores: with the deriver at
-/// the same priority as ingest, 73.8k rows/s; with no deriver, 100.3k (BENCHMARKS.md).
+/// in what is left. Measured at 1M women with one sender on 2 cores: 73.3k rows/s with the
+/// deriver at ingest's priority, 87.8k at nice 10 (BENCHMARKS.md).
 const BACKGROUND_NICE: i32 = 10;
 
 /// The runtime of the server's background work, the deriver and compaction: apart from the
