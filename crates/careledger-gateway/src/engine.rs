@@ -429,6 +429,7 @@ pub(crate) fn query_runtime() -> &'static tokio::runtime::Runtime {
 /// pushes, the threads that acknowledge them come first, and the derived ledger catches up
 /// in what is left. Measured at 1M women with one sender on 2 cores: 73.3k rows/s with the
 /// deriver at ingest's priority, 87.8k at nice 10 (BENCHMARKS.md).
+#[cfg(target_os = "linux")]
 const BACKGROUND_NICE: i32 = 10;
 
 /// The runtime of the server's background work, the deriver and compaction: apart from the

@@ -198,7 +198,7 @@ proptest! {
             let bucketed = Deriver::new(store.clone(), RuleParams::default())
                 .with_rebuild_bucket_bytes(bytes / 5);
             bucketed.rebuild().await.unwrap();
-            assert_eq!(stored(&bucketed).await, full, "a rebuild in 5 buckets differs (seed {seed})");
+            assert_eq!(stored(&bucketed).await, full, "a rebuild in 5 or 6 buckets differs (seed {seed})");
             // Compaction drops the dead rows and changes no live one.
             deriver.compact().await.unwrap();
             assert_eq!(stored(&deriver).await, full, "compaction changed the rows (seed {seed})");
