@@ -159,6 +159,8 @@ pub struct Store {
     writer: WriterProperties,
     /// Per table: application-transaction versions read from the commits seen so far.
     txns: Mutex<HashMap<String, TxnIndex>>,
+    /// Per table: its log store (commit files are read and put through it).
+    log_stores: HashMap<&'static str, deltalake::logstore::LogStoreRef>,
     /// Per table: held for the whole of a compaction, so two never overlap in this process
     /// (two overlapping OPTIMIZEs of one table both commit, and the rows they rewrite are
     /// then stored twice).
@@ -177,6 +179,12 @@ struct TxnIndex {
     apps: HashMap<String, i64>,
     /// A commit file was missing (cleaned up): ids not in `apps` are then asked of the log.
     incomplete: bool,
+}
+
+fn unreadable_commit(name: &str, version: u64, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
+        "table {name}: commit {version} does not read: {e}"
+    )))
 }
 
 fn writer_properties() -> WriterProperties {
@@ -275,7 +283,15 @@ impl Store {
             .map(|name| (*name, Mutex::new(None)))
             .collect();
         let compactions = tables.keys().map(|name| (*name, Mutex::new(()))).collect();
+        let log_stores = tables
+            .iter()
+            .map(|(name, slot)| {
+                let table = slot.try_lock().expect("a new store's tables are not locked");
+                (*name, table.log_store())
+            })
+            .collect();
         let store = Store {
+            log_stores,
             root,
             tables,
             writers,
@@ -496,37 +512,52 @@ impl Store {
         Ok(self.txn_versions(name, &[app_id.to_string()]).await?[0])
     }
 
-    /// Latest versions of several application transactions, after one refresh.
+    /// Latest versions of several application transactions, as of the latest commit.
+    ///
+    /// The first call for a table loads its latest version and reads every commit file; later
+    /// calls read only the commit files written since (probing the next version until one is
+    /// missing: Delta versions are contiguous), without loading the table's snapshot or taking
+    /// its slot. A group commit asks this before every commit, so it costs the same at the
+    /// millionth row as at the first and never waits behind a reader loading the table.
     pub async fn txn_versions(&self, name: &str, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
-        let table = self.refresh(name).await?;
-        let Some(latest) = table.version() else {
-            return Ok(vec![None; app_ids.len()]);
-        };
+        let log_store = self.log_stores.get(name).ok_or_else(|| StoreError::UnknownTable(name.to_string()))?.clone();
         let mut indexes = self.txns.lock().await;
         let index = indexes.entry(name.to_string()).or_default();
-        let from = index.version.map_or(0, |v| v + 1);
-        for version in from..=latest {
-            match table.log_store().read_commit_entry(version).await? {
-                Some(bytes) => read_txn_actions(&bytes, &mut index.apps).map_err(|e| {
-                    StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
-                        "table {name}: commit {version} does not read: {e}"
-                    )))
-                })?,
-                None => index.incomplete = true,
+        if index.version.is_none() {
+            let table = self.refresh(name).await?;
+            let Some(latest) = table.version() else {
+                return Ok(vec![None; app_ids.len()]);
+            };
+            for version in 0..=latest {
+                match log_store.read_commit_entry(version).await? {
+                    Some(bytes) => read_txn_actions(&bytes, &mut index.apps)
+                        .map_err(|e| unreadable_commit(name, version, e))?,
+                    None => index.incomplete = true,
+                }
             }
+            index.version = Some(latest);
         }
-        index.version = Some(index.version.map_or(latest, |v| v.max(latest)));
+        let mut next = index.version.map_or(0, |v| v + 1);
+        while let Some(bytes) = log_store.read_commit_entry(next).await? {
+            read_txn_actions(&bytes, &mut index.apps).map_err(|e| unreadable_commit(name, next, e))?;
+            index.version = Some(next);
+            self.note_version(name, next);
+            next += 1;
+        }
         let mut out = Vec::with_capacity(app_ids.len());
         for app in app_ids {
             match index.apps.get(app) {
                 Some(v) => out.push(Some(*v)),
                 None if !index.incomplete => out.push(None),
-                None => out.push(
-                    table
-                        .snapshot()?
-                        .transaction_version(table.log_store().as_ref(), app)
-                        .await?,
-                ),
+                None => {
+                    let table = self.table(name).await?;
+                    out.push(
+                        table
+                            .snapshot()?
+                            .transaction_version(table.log_store().as_ref(), app)
+                            .await?,
+                    )
+                }
             }
         }
         Ok(out)
