@@ -286,7 +286,9 @@ impl Store {
         let log_stores = tables
             .iter()
             .map(|(name, slot)| {
-                let table = slot.try_lock().expect("a new store's tables are not locked");
+                let table = slot
+                    .try_lock()
+                    .expect("a new store's tables are not locked");
                 (*name, table.log_store())
             })
             .collect();
@@ -520,7 +522,11 @@ impl Store {
     /// its slot. A group commit asks this before every commit, so it costs the same at the
     /// millionth row as at the first and never waits behind a reader loading the table.
     pub async fn txn_versions(&self, name: &str, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
-        let log_store = self.log_stores.get(name).ok_or_else(|| StoreError::UnknownTable(name.to_string()))?.clone();
+        let log_store = self
+            .log_stores
+            .get(name)
+            .ok_or_else(|| StoreError::UnknownTable(name.to_string()))?
+            .clone();
         let mut indexes = self.txns.lock().await;
         let index = indexes.entry(name.to_string()).or_default();
         if index.version.is_none() {
@@ -539,7 +545,8 @@ impl Store {
         }
         let mut next = index.version.map_or(0, |v| v + 1);
         while let Some(bytes) = log_store.read_commit_entry(next).await? {
-            read_txn_actions(&bytes, &mut index.apps).map_err(|e| unreadable_commit(name, next, e))?;
+            read_txn_actions(&bytes, &mut index.apps)
+                .map_err(|e| unreadable_commit(name, next, e))?;
             index.version = Some(next);
             self.note_version(name, next);
             next += 1;
