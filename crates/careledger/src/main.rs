@@ -128,7 +128,7 @@ struct ServeArgs {
     #[arg(long, env = "CARELEDGER_COMMIT_WINDOW_MS", default_value_t = 50)]
     commit_window_ms: u64,
     /// Background compaction: a pushed table, `batches`, `rejects` or `audit` with more data
-    /// files than this is compacted (looked at every 30 s). 0 turns it off. Only the process
+    /// files than this is compacted (looked at every 5 s). 0 turns it off. Only the process
     /// that holds a local store's deriver lock compacts; on S3 run `careledger maintain`.
     #[arg(long, env = "CARELEDGER_COMPACT_MAX_FILES", default_value_t = 64)]
     compact_max_files: usize,
