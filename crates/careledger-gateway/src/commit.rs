@@ -1,7 +1,8 @@
 //! Group commit: per table, one task gathers the batches that queued while its last commit
 //! ran (and, with a window, those that arrive within it; up to a row budget) and lands them as
 //! one Parquet file in one Delta commit, then answers all their senders. A receipt is sent only after the commit holding its rows succeeded; a failed
-//! commit fails every batch in it and leaves nothing visible.
+//! commit fails every batch in it and leaves nothing visible. The receipts are in that commit's
+//! metadata; their `batches` rows are written after the answer ([`crate::batches_log`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -12,11 +13,12 @@ use arrow_array::builder::{
     BooleanBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use careledger_model::Table;
-use careledger_store::{Append, BATCHES, REJECTS, Store, batches_schema};
+use careledger_store::{Append, REJECTS, Store, batches_schema};
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::batches_log::BatchesLog;
 use crate::problem::Problem;
 use crate::receipt::{RECEIPTS_KEY, Receipt, SeqGap, idem_app_id, seq_app_id};
 
@@ -354,6 +356,8 @@ pub struct Committer {
     senders: Mutex<HashMap<Table, mpsc::Sender<Job>>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     pub dedup: Arc<Dedup>,
+    /// Writes the answered receipts to `batches`, off the acknowledgement path.
+    pub batches: Arc<BatchesLog>,
 }
 
 impl Committer {
@@ -365,6 +369,7 @@ impl Committer {
     ) -> Committer {
         let mut senders = HashMap::new();
         let mut handles = Vec::new();
+        let batches = Arc::new(BatchesLog::start(store.clone()));
         for t in Table::ALL {
             let (tx, rx) = mpsc::channel(1024);
             senders.insert(t, tx);
@@ -373,6 +378,7 @@ impl Committer {
                 rx,
                 store.clone(),
                 dedup.clone(),
+                batches.clone(),
                 config,
                 metrics.clone(),
             )));
@@ -381,6 +387,7 @@ impl Committer {
             senders: Mutex::new(senders),
             handles: Mutex::new(handles),
             dedup,
+            batches,
         }
     }
 
@@ -410,6 +417,7 @@ impl Committer {
         for h in handles {
             let _ = h.await;
         }
+        self.batches.drain().await;
     }
 }
 
@@ -418,6 +426,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     store: Arc<Store>,
     dedup: Arc<Dedup>,
+    batches: Arc<BatchesLog>,
     config: CommitConfig,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
@@ -440,7 +449,7 @@ async fn run(
             rows += job.stored.iter().map(RecordBatch::num_rows).sum::<usize>();
             jobs.push(job);
         }
-        commit_group(table, jobs, &store, &dedup, &metrics).await;
+        commit_group(table, jobs, &store, &dedup, &batches, &metrics).await;
     }
 }
 
@@ -518,6 +527,7 @@ async fn commit_group(
     jobs: Vec<Job>,
     store: &Store,
     dedup: &Dedup,
+    batches: &BatchesLog,
     metrics: &crate::metrics::Metrics,
 ) {
     let mut jobs = jobs;
@@ -536,7 +546,7 @@ async fn commit_group(
         }
         match try_commit_group(table, &jobs, store, &mut rejects_stored, metrics).await {
             Ok((version, receipts)) => {
-                finish_group(jobs, receipts, version, store, dedup).await;
+                finish_group(jobs, receipts, version, dedup, batches).await;
                 return;
             }
             Err((msg, true)) if attempt < COMMIT_ATTEMPTS => {
@@ -627,40 +637,23 @@ async fn try_commit_group(
     Ok((version, receipts))
 }
 
-/// After the data commit: the `batches` rows, then the replies.
+/// After the data commit: the replies, then the receipts to the `batches` writer (off the
+/// acknowledgement path; the receipts are durable in the data commit's metadata already).
 async fn finish_group(
     jobs: Vec<Job>,
     mut receipts: Vec<Receipt>,
     version: u64,
-    store: &Store,
     dedup: &Dedup,
+    batches: &BatchesLog,
 ) {
     for r in &mut receipts {
         r.table_version = Some(version);
     }
-    // The audit row follows the data commit; the receipts are already durable in that commit's
-    // metadata, so a failure here loses no acknowledged data.
-    match receipts_batch(&receipts) {
-        Ok(b) => {
-            if let Err(e) = store
-                .append(
-                    BATCHES,
-                    Append {
-                        batches: vec![b],
-                        ..Append::default()
-                    },
-                )
-                .await
-            {
-                tracing::error!(%e, "recording receipts in the batches table failed");
-            }
-        }
-        Err(e) => tracing::error!(%e, "building the receipts batch failed"),
+    for (j, r) in jobs.into_iter().zip(receipts.iter()) {
+        dedup.release(r, true);
+        let _ = j.reply.send(Ok(r.clone()));
     }
-    for (j, r) in jobs.into_iter().zip(receipts) {
-        dedup.release(&r, true);
-        let _ = j.reply.send(Ok(r));
-    }
+    batches.record(version, receipts).await;
 }
 
 fn stamp_ingested_at(
@@ -678,7 +671,9 @@ fn stamp_ingested_at(
 }
 
 /// The `batches` rows: the stored form of each receipt ([`Receipt::redacted`]).
-fn receipts_batch(receipts: &[Receipt]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+pub(crate) fn receipts_batch(
+    receipts: &[Receipt],
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let receipts: Vec<Receipt> = receipts.iter().map(Receipt::redacted).collect();
     let receipts = receipts.as_slice();
     let n = receipts.len();

@@ -44,6 +44,8 @@ pub struct Engine {
     slots: Arc<tokio::sync::Semaphore>,
     audit: Option<Arc<AuditLog>>,
     metrics: Option<Arc<Metrics>>,
+    /// The server's `batches` writer: a query waits for the receipts answered before it.
+    batches: Option<Arc<crate::batches_log::BatchesLog>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -62,6 +64,7 @@ impl Engine {
         query: QueryConfig,
         audit: Arc<AuditLog>,
         metrics: Arc<Metrics>,
+        batches: Arc<crate::batches_log::BatchesLog>,
     ) -> Engine {
         let slots = Arc::new(tokio::sync::Semaphore::new(query.max_concurrent.max(1)));
         Engine {
@@ -70,6 +73,7 @@ impl Engine {
             slots,
             audit: Some(audit),
             metrics: Some(metrics),
+            batches: Some(batches),
         }
     }
 
@@ -86,6 +90,7 @@ impl Engine {
             slots,
             audit: None,
             metrics: None,
+            batches: None,
         })
     }
 
@@ -616,6 +621,9 @@ pub(crate) async fn run(
             .clone()
             .try_acquire_owned()
             .map_err(|_| too_many_queries(engine))?;
+        if let Some(b) = &engine.batches {
+            b.settled().await;
+        }
         let snap = engine
             .warehouse
             .snapshot_as(ask.known_at, &access_of(p))

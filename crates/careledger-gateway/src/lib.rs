@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod batches_log;
 pub mod commit;
 pub mod compact_task;
 pub mod derive_task;
@@ -134,6 +135,12 @@ impl AppState {
     ) -> Result<Arc<AppState>, careledger_store::StoreError> {
         let dedup = Arc::new(Dedup::new(config.commit.receipt_cache));
         dedup.load(&store).await?;
+        if config.derive {
+            // Only the process that derives the store restores receipts: a second process
+            // starting beside a running one would otherwise write the rows that one's writer
+            // is about to write.
+            batches_log::restore(&store).await?;
+        }
         let metrics = Arc::new(metrics::Metrics::default());
         let committer = Committer::start(store.clone(), dedup, config.commit, metrics.clone());
         let mut warehouse = Warehouse::new(store.clone(), RuleParams::default())
@@ -167,6 +174,7 @@ impl AppState {
             query.clone(),
             audit_log.clone(),
             metrics.clone(),
+            committer.batches.clone(),
         ));
         let compactor = compact_task::start(
             store.clone(),

@@ -582,7 +582,9 @@ pub async fn run_report(
         .map_err(query_problem)?;
 
     // The ETag names everything the answer depends on: report, parameters, who asks (role
-    // and scope), the format, and the version of every table read.
+    // and scope), the format, and the version of every table read (`batches` once the
+    // receipts answered before this request are in it).
+    state.committer.batches.settled().await;
     let mut versions = BTreeMap::new();
     for t in careledger_model::Table::ALL
         .iter()

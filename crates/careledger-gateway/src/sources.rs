@@ -44,6 +44,8 @@ async fn run(
     params: Vec<ScalarValue>,
 ) -> Result<Vec<RecordBatch>, Problem> {
     let internal = |e: &dyn std::fmt::Display| Problem::internal("reading the receipts", e);
+    // Every receipt answered before this request is in `batches` first.
+    state.committer.batches.settled().await;
     let ctx = SessionContext::new();
     for (alias, table) in [("b", BATCHES), ("r", REJECTS)] {
         let t = state.store.refresh(table).await.map_err(|e| internal(&e))?;

@@ -115,8 +115,10 @@ impl Harness {
         &self.token[name]
     }
 
-    /// Every stored row of a table, read back from its Parquet files.
+    /// Every stored row of a table, read back from its Parquet files (`batches` once the
+    /// receipts answered so far are written to it).
     pub(crate) async fn rows(&self, table: &str) -> Vec<RecordBatch> {
+        self.state.committer.batches.settled().await;
         read_table(&self.state.store, table).await
     }
 
