@@ -452,7 +452,6 @@ fn strings(batches: &[arrow_array::RecordBatch], column: &str) -> Vec<String> {
 }
 
 fn ints(batches: &[arrow_array::RecordBatch], column: &str) -> Vec<i64> {
-    use arrow_array::Array;
     let mut out = Vec::new();
     for b in batches {
         let c = arrow_array::cast::AsArray::as_primitive::<arrow_array::types::Int64Type>(
