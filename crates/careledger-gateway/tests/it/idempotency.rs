@@ -209,24 +209,7 @@ async fn receipts_beyond_the_memory_bound_are_read_back_from_their_commits() {
     })
     .await;
     let tok = h.tok("civil_affairs");
-    let mut first = Vec::new();
-    for b in 0..5u32 {
-        let rows: Vec<Value> = (b * 3..b * 3 + 3)
-            .map(|n| woman(n, "civil_affairs"))
-            .collect();
-        let key = format!("bounded-{b}");
-        let (s, _, r) = h
-            .post(
-                "/v1/ingest/women",
-                tok,
-                "application/x-ndjson",
-                ndjson(&rows),
-                &[("idempotency-key", &key)],
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{r}");
-        first.push((key, rows, r));
-    }
+    let first = push_keyed(&h, "bounded", 5, 3).await;
     assert!(h.state.committer.dedup.cached_receipts() <= 2);
     let (key, rows, original) = &first[0];
     let (s, _, again) = h
@@ -376,25 +359,11 @@ async fn background_compaction_bounds_files_and_keeps_rows_receipts_and_known_at
 #[tokio::test]
 async fn receipts_missing_from_the_batches_table_are_restored_at_start() {
     let h = Harness::new().await;
-    let tok = h.tok("civil_affairs");
-    let mut answered = Vec::new();
-    for b in 0..3u32 {
-        let rows: Vec<Value> = (b * 2..b * 2 + 2)
-            .map(|n| woman(n, "civil_affairs"))
-            .collect();
-        let key = format!("restore-{b}");
-        let (s, _, r) = h
-            .post(
-                "/v1/ingest/women",
-                tok,
-                "application/x-ndjson",
-                ndjson(&rows),
-                &[("idempotency-key", &key)],
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{r}");
-        answered.push(r);
-    }
+    let answered: Vec<Value> = push_keyed(&h, "restore", 3, 2)
+        .await
+        .into_iter()
+        .map(|(_, _, r)| r)
+        .collect();
     assert_eq!(h.count("batches").await, 3);
     h.state.committer.batches.drain().await;
     h.state
@@ -460,6 +429,35 @@ fn ints(batches: &[arrow_array::RecordBatch], column: &str) -> Vec<i64> {
         for i in 0..c.len() {
             out.push(c.value(i));
         }
+    }
+    out
+}
+
+/// `batches` keyed batches of `per` women each from civil affairs (keys `<prefix>-<n>`), each
+/// answered 200: (key, rows, receipt).
+async fn push_keyed(
+    h: &Harness,
+    prefix: &str,
+    batches: u32,
+    per: u32,
+) -> Vec<(String, Vec<Value>, Value)> {
+    let mut out = Vec::new();
+    for b in 0..batches {
+        let rows: Vec<Value> = (b * per..(b + 1) * per)
+            .map(|n| woman(n, "civil_affairs"))
+            .collect();
+        let key = format!("{prefix}-{b}");
+        let (s, _, r) = h
+            .post(
+                "/v1/ingest/women",
+                h.tok("civil_affairs"),
+                "application/x-ndjson",
+                ndjson(&rows),
+                &[("idempotency-key", &key)],
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        out.push((key, rows, r));
     }
     out
 }

@@ -44,6 +44,20 @@ fn median(mut xs: Vec<Duration>) -> Duration {
     xs[xs.len() / 2]
 }
 
+/// The medians of the first and the last `window` timings and their ratio (printed).
+fn last_against_first(took: &[Duration], window: usize, what: &str) -> (Duration, Duration, f64) {
+    let first = median(took[..window].to_vec());
+    let last = median(took[took.len() - window..].to_vec());
+    let ratio = last.as_secs_f64() / first.as_secs_f64();
+    println!(
+        "{} {what}: median of the first {window} {:.2} ms, of the last {window} {:.2} ms, ratio {ratio:.2}",
+        took.len(),
+        first.as_secs_f64() * 1e3,
+        last.as_secs_f64() * 1e3
+    );
+    (first, last, ratio)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_commits_cost_what_the_first_did() {
     const COMMITS: usize = 1_500;
@@ -67,14 +81,7 @@ async fn the_last_commits_cost_what_the_first_did() {
             .unwrap();
         took.push(started.elapsed());
     }
-    let first = median(took[..WINDOW].to_vec());
-    let last = median(took[COMMITS - WINDOW..].to_vec());
-    let ratio = last.as_secs_f64() / first.as_secs_f64();
-    println!(
-        "{COMMITS} commits, one file each: median of the first {WINDOW} {:.2} ms, of the last {WINDOW} {:.2} ms, ratio {ratio:.2}",
-        first.as_secs_f64() * 1e3,
-        last.as_secs_f64() * 1e3
-    );
+    let (first, last, ratio) = last_against_first(&took, WINDOW, "commits, one file each");
     // Every row and transaction is there, read back through a fresh snapshot.
     let table = store.refresh(BATCHES).await.unwrap();
     assert_eq!(table.version(), Some(COMMITS as i64 as u64));
@@ -130,14 +137,8 @@ async fn the_duplicate_check_and_commit_cost_the_same_at_the_end() {
             .unwrap();
         took.push(started.elapsed());
     }
-    let first = median(took[..WINDOW].to_vec());
-    let last = median(took[COMMITS - WINDOW..].to_vec());
-    let ratio = last.as_secs_f64() / first.as_secs_f64();
-    println!(
-        "{COMMITS} duplicate checks and commits: median of the first {WINDOW} {:.2} ms, of the last {WINDOW} {:.2} ms, ratio {ratio:.2}",
-        first.as_secs_f64() * 1e3,
-        last.as_secs_f64() * 1e3
-    );
+    let (first, last, ratio) =
+        last_against_first(&took, WINDOW, "duplicate checks and commits");
     // A commit of another process (a second handle on the same store) is seen by the next
     // check without any refresh.
     let other = Store::open(dir.path().to_str().unwrap()).await.unwrap();
