@@ -137,8 +137,7 @@ async fn the_duplicate_check_and_commit_cost_the_same_at_the_end() {
             .unwrap();
         took.push(started.elapsed());
     }
-    let (first, last, ratio) =
-        last_against_first(&took, WINDOW, "duplicate checks and commits");
+    let (first, last, ratio) = last_against_first(&took, WINDOW, "duplicate checks and commits");
     // A commit of another process (a second handle on the same store) is seen by the next
     // check without any refresh.
     let other = Store::open(dir.path().to_str().unwrap()).await.unwrap();
