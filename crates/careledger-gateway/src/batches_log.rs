@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use careledger_model::Table;
 use careledger_store::{Append, BATCHES, Store, StoreError};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::prelude::SessionContext;
@@ -195,30 +194,11 @@ async fn append_receipts(store: &Store, receipts: &[Receipt]) {
     }
 }
 
-/// At start: appends to `batches` the receipts of the last [`RESTORE_WINDOW`] commits of each
-/// pushed table that `batches` does not hold (answered, then lost in a crash before the
-/// writer recorded them). Returns how many were restored.
-pub async fn restore(store: &Store) -> Result<usize, StoreError> {
-    let mut candidates: Vec<Receipt> = Vec::new();
-    for t in Table::ALL {
-        let table = store.refresh(t.as_str()).await?;
-        let Some(latest) = table.version() else {
-            continue;
-        };
-        for version in latest.saturating_sub(RESTORE_WINDOW)..=latest {
-            let Some(value) = store
-                .commit_metadata_at(t.as_str(), version, crate::receipt::RECEIPTS_KEY)
-                .await?
-            else {
-                continue;
-            };
-            let receipts: Vec<Receipt> = serde_json::from_value(value).unwrap_or_default();
-            candidates.extend(receipts.into_iter().map(|mut r| {
-                r.table_version = Some(version);
-                r
-            }));
-        }
-    }
+/// At start: appends to `batches` the receipts among `candidates` (those of the last
+/// [`RESTORE_WINDOW`] commits of each pushed table, as [`crate::commit::Dedup::load`] read
+/// them) that `batches` does not hold: answered, then lost in a crash before the writer
+/// recorded them. Returns how many were restored.
+pub async fn restore(store: &Store, candidates: Vec<Receipt>) -> Result<usize, StoreError> {
     if candidates.is_empty() {
         return Ok(0);
     }

@@ -311,19 +311,34 @@ impl Dedup {
 
     /// Loads what the store already holds: where each key's receipt is (and the newest
     /// receipts) from commit metadata, sequences from txns.
-    pub async fn load(&self, store: &Store) -> Result<(), careledger_store::StoreError> {
+    ///
+    /// Returns every receipt of the last [`crate::batches_log::RESTORE_WINDOW`] commits of each
+    /// table (with its commit version), for [`crate::batches_log::restore`]: the same pass over
+    /// the commits serves both.
+    pub async fn load(&self, store: &Store) -> Result<Vec<Receipt>, careledger_store::StoreError> {
         let sources: Vec<String> = careledger_model::vocabulary()
             .list("sources")
             .codes
             .iter()
             .map(|c| c.code.clone())
             .collect();
+        let mut recent = Vec::new();
         for t in Table::ALL {
-            for (version, value) in store
+            let committed = store
                 .commit_metadata_versions(t.as_str(), RECEIPTS_KEY)
-                .await?
-            {
+                .await?;
+            let from = store
+                .known_version(t.as_str())
+                .unwrap_or(0)
+                .saturating_sub(crate::batches_log::RESTORE_WINDOW);
+            for (version, value) in committed {
                 let receipts: Vec<Receipt> = serde_json::from_value(value).unwrap_or_default();
+                if version >= from {
+                    recent.extend(receipts.iter().cloned().map(|mut r| {
+                        r.table_version = Some(version);
+                        r
+                    }));
+                }
                 let mut index = self.index.lock().expect("lock");
                 let mut cache = self.receipts.lock().expect("lock");
                 // A masked key is not the sender's: that batch's retry is found by its `txn`.
@@ -346,7 +361,7 @@ impl Dedup {
                 }
             }
         }
-        Ok(())
+        Ok(recent)
     }
 }
 

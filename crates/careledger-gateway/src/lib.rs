@@ -134,12 +134,12 @@ impl AppState {
         config: GatewayConfig,
     ) -> Result<Arc<AppState>, careledger_store::StoreError> {
         let dedup = Arc::new(Dedup::new(config.commit.receipt_cache));
-        dedup.load(&store).await?;
+        let recent_receipts = dedup.load(&store).await?;
         if config.derive {
             // Only the process that derives the store restores receipts: a second process
             // starting beside a running one would otherwise write the rows that one's writer
             // is about to write.
-            batches_log::restore(&store).await?;
+            batches_log::restore(&store, recent_receipts).await?;
         }
         let metrics = Arc::new(metrics::Metrics::default());
         let committer = Committer::start(store.clone(), dedup, config.commit, metrics.clone());

@@ -1,11 +1,6 @@
 //! The `careledger` command: the gateway server on an embedded local store, and token admin.
 
 use std::path::{Path, PathBuf};
-
-/// jemalloc, not glibc's malloc: glibc's per-thread arenas kept freed memory, so the server
-/// held two to three times what it used (settings in `.cargo/config.toml`).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +12,11 @@ use careledger_model::PseudonymKey;
 use careledger_store::Store;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use rand::RngCore;
+
+/// jemalloc, not glibc's malloc: glibc's per-thread arenas kept freed memory, so the server
+/// held two to three times what it used (settings in `.cargo/config.toml`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod client;
 mod demo;
