@@ -257,6 +257,22 @@ def careledger_ingest(binary, work, batches, senders, label):
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    peak_load_kib = server.peak_rss_kib
+    server.peak_rss_kib = 0  # from here on, the peak after the load
+    # The Parquet files right after the last acknowledgement; then the server runs on until
+    # its deriver reflects every commit and background compaction has brought every pushed
+    # table to at most COMPACT_MAX_FILES active files (or SETTLE_LIMIT_S passed).
+    files, active = table_files(store)
+    t1 = time.perf_counter()
+    server.wait_derived()
+    derived_s = time.perf_counter() - t1
+    while True:
+        _, settled = table_files(store)
+        pushed = {t: n for t, n in settled.items() if "/" not in t}
+        if all(n <= COMPACT_MAX_FILES for n in pushed.values()) or time.perf_counter() - t1 > SETTLE_LIMIT_S:
+            break
+        time.sleep(1)
+    settle_s = time.perf_counter() - t1
     server.stop()
     rows = stats["accepted"] + stats["rejected_rows"]
     # The rate of the first and of the last tenth of the batches (by acknowledgement time):
@@ -269,8 +285,29 @@ def careledger_ingest(binary, work, batches, senders, label):
 
     first_rate = rate(done[:tenth], t0) if done else 0.0
     last_rate = rate(done[-tenth:], done[-tenth - 1][0]) if len(done) > tenth else first_rate
-    # Parquet files each table holds after the load (no `maintain` ran): on disk (files that
-    # a compaction replaced stay until vacuum) and in the table's latest version.
+    return {
+        "senders": senders, "batches": len(batches), "rows_sent": rows,
+        "rows_accepted": stats["accepted"], "rows_rejected": stats["rejected_rows"],
+        "failed_batches": stats["failed"], "statuses": {str(k): v for k, v in stats["statuses"].items()},
+        "seconds": wall, "rows_per_s": rows / wall, "mb_per_s": stats["bytes"] / wall / 1e6,
+        "ack_p50_ms": pct(stats["lat"], 50) * 1000, "ack_p99_ms": pct(stats["lat"], 99) * 1000,
+        "peak_rss_mib": peak_load_kib / 1024, "peak_rss_after_mib": server.peak_rss_kib / 1024,
+        "store": store,
+        "first_tenth_rows_per_s": first_rate, "last_tenth_rows_per_s": last_rate,
+        "parquet_files": files, "active_files": active,
+        "derived_after_s": derived_s, "settle_s": settle_s, "active_files_settled": settled,
+    }
+
+
+# Background compaction's bound (the server's --compact-max-files default), and how long the
+# ingest runs wait after the load for the server to reach it.
+COMPACT_MAX_FILES = 64
+SETTLE_LIMIT_S = 180
+
+
+def table_files(store):
+    """Parquet files per table directory on disk (files a compaction replaced stay until
+    vacuum), and the active files of each table's latest version."""
     files = {}
     for root, _dirs, names in os.walk(store):
         if "_delta_log" in root:
@@ -288,16 +325,7 @@ def careledger_ingest(binary, work, batches, senders, label):
                 pass
     except ImportError:
         pass
-    return {
-        "senders": senders, "batches": len(batches), "rows_sent": rows,
-        "rows_accepted": stats["accepted"], "rows_rejected": stats["rejected_rows"],
-        "failed_batches": stats["failed"], "statuses": {str(k): v for k, v in stats["statuses"].items()},
-        "seconds": wall, "rows_per_s": rows / wall, "mb_per_s": stats["bytes"] / wall / 1e6,
-        "ack_p50_ms": pct(stats["lat"], 50) * 1000, "ack_p99_ms": pct(stats["lat"], 99) * 1000,
-        "peak_rss_mib": server.peak_rss_kib / 1024, "store": store,
-        "first_tenth_rows_per_s": first_rate, "last_tenth_rows_per_s": last_rate,
-        "parquet_files": files, "active_files": active,
-    }
+    return files, active
 
 
 def steady(send, count, rate, workers=16):
@@ -931,21 +959,32 @@ def render(results_dir, out_path):
             lines += [
                 "",
                 "Does a commit cost more as the table grows? The rate of the first and the last tenth of "
-                "the batches (by acknowledgement), and the Parquet files the pushed tables hold after the "
-                "load (no `maintain` ran; on disk, and in brackets in the table's latest version where "
-                "background compaction replaced some):",
+                "the batches (by acknowledgement), and the Parquet files the pushed tables hold right after "
+                "the last acknowledgement (no `maintain` ran; on disk, and in brackets in the table's latest "
+                "version where background compaction replaced some). Then the server ran on until its "
+                "deriver reflected every commit and every pushed table had at most "
+                f"{COMPACT_MAX_FILES} active files (at most {SETTLE_LIMIT_S} s): how long that took, the "
+                "active files then, and the server's peak RSS in that time (the load's own peak is in the "
+                "table above):",
                 "",
-                "| senders | first tenth rows/s | last tenth rows/s | last ÷ first | Parquet files per table |",
-                "|---:|---:|---:|---:|---|",
+                "| senders | first tenth rows/s | last tenth rows/s | last ÷ first | Parquet files per table | settled after s (derived after s) | active files then | peak RSS MiB then |",
+                "|---:|---:|---:|---:|---|---:|---|---:|",
             ]
             for i in tenths:
                 active = i.get("active_files", {})
                 fl = ", ".join(
                     f"{t} {n}" + (f" ({active[t]} in the table)" if t in active and active[t] != n else "")
                     for t, n in sorted(i.get("parquet_files", {}).items()) if "/" not in t)
+                settled = i.get("active_files_settled")
+                after = (
+                    f"{i['settle_s']:.0f} ({i['derived_after_s']:.0f}) | "
+                    + ", ".join(f"{t} {n}" for t, n in sorted(settled.items()) if "/" not in t)
+                    + f" | {f_n(i.get('peak_rss_after_mib'))}"
+                    if settled is not None else "– | – | –"
+                )
                 lines.append(
                     f"| {i['senders']} | {f_rate(i['first_tenth_rows_per_s'])} | {f_rate(i['last_tenth_rows_per_s'])} | "
-                    f"{i['last_tenth_rows_per_s'] / max(i['first_tenth_rows_per_s'], 1e-9):.2f} | {fl} |"
+                    f"{i['last_tenth_rows_per_s'] / max(i['first_tenth_rows_per_s'], 1e-9):.2f} | {fl} | {after} |"
                 )
         lines += [
             "",

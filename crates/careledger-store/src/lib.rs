@@ -379,10 +379,81 @@ impl Store {
     /// Every [`CHECKPOINT_INTERVAL`] versions a checkpoint is written in the background.
     pub async fn append(&self, name: &str, append: Append) -> Result<u64> {
         use deltalake::kernel::Action;
-        use deltalake::kernel::transaction::{CommitData, TransactionError};
-        use deltalake::logstore::CommitOrBytes;
         use deltalake::writer::DeltaWriter as _;
         let mut writer = self.writer_of(name)?.lock().await;
+        let app = self.appender(name, &mut writer).await?;
+        let batches: Vec<RecordBatch> = append
+            .batches
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| conform(&b, &app.schema))
+            .collect::<Result<_>>()?;
+        let mut actions = Vec::new();
+        if !batches.is_empty() {
+            let mut files = deltalake::writer::RecordBatchWriter::for_table(&app.table)?
+                .with_writer_properties(self.writer.clone());
+            for b in batches {
+                files.write(b).await?;
+            }
+            actions.extend(files.flush().await?.into_iter().map(Action::Add));
+        }
+        self.commit_actions(name, app, actions, append.txns, append.metadata)
+            .await
+    }
+
+    /// Starts rows for `name` that are written to its files over several calls
+    /// ([`Staged::write`]: streamed to storage, in files of about [`STAGED_FILE_BYTES`]) and
+    /// committed at once by [`Store::commit_staged`]; nothing is visible before. A rebuild of
+    /// the derived tables writes its buckets so: few files, and one bucket in memory at a time.
+    pub async fn stage(&self, name: &str) -> Result<Staged> {
+        let mut writer = self.writer_of(name)?.lock().await;
+        let app = self.appender(name, &mut writer).await?;
+        // Row groups of STAGED_ROW_GROUP rows: each table's open row group is held in memory
+        // until it is full, and a file sorted throughout prunes by row group.
+        let properties = self
+            .writer
+            .clone()
+            .into_builder()
+            .set_max_row_group_row_count(Some(STAGED_ROW_GROUP))
+            .build();
+        let files = deltalake::writer::RecordBatchWriter::for_table(&app.table)?
+            .with_writer_properties(properties)
+            .with_target_file_size(STAGED_FILE_BYTES);
+        Ok(Staged {
+            files,
+            schema: app.schema.clone(),
+            rows: 0,
+        })
+    }
+
+    /// Commits the rows of every `staged` (with `txns`) in one commit, as [`Store::append`]
+    /// does.
+    pub async fn commit_staged(
+        &self,
+        name: &str,
+        staged: Vec<Staged>,
+        txns: Vec<(String, i64)>,
+    ) -> Result<u64> {
+        use deltalake::kernel::Action;
+        use deltalake::writer::DeltaWriter as _;
+        let mut actions: Vec<Action> = Vec::new();
+        for mut s in staged {
+            if s.rows > 0 {
+                actions.extend(s.files.flush().await?.into_iter().map(Action::Add));
+            }
+        }
+        let mut writer = self.writer_of(name)?.lock().await;
+        let app = self.appender(name, &mut writer).await?;
+        self.commit_actions(name, app, actions, txns, Vec::new())
+            .await
+    }
+
+    /// The writer side of `name`, loaded on first use.
+    async fn appender<'a>(
+        &self,
+        name: &str,
+        writer: &'a mut Option<Appender>,
+    ) -> Result<&'a mut Appender> {
         if writer.is_none() {
             let table = self.slot(name)?.lock().await.clone();
             // The commit file is handed over as bytes, which delta-rs's own log stores put if
@@ -403,26 +474,23 @@ impl Store {
                 version,
             });
         }
-        let app = writer.as_mut().expect("set above");
-        let batches: Vec<RecordBatch> = append
-            .batches
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| conform(&b, &app.schema))
-            .collect::<Result<_>>()?;
-        let mut actions = Vec::new();
-        if !batches.is_empty() {
-            let mut files = deltalake::writer::RecordBatchWriter::for_table(&app.table)?
-                .with_writer_properties(self.writer.clone());
-            for b in batches {
-                files.write(b).await?;
-            }
-            actions.extend(files.flush().await?.into_iter().map(Action::Add));
-        }
+        Ok(writer.as_mut().expect("set above"))
+    }
+
+    /// Puts one commit (`actions`, `txns`, `metadata`) at the next free version of `name`.
+    async fn commit_actions(
+        &self,
+        name: &str,
+        app: &mut Appender,
+        actions: Vec<deltalake::kernel::Action>,
+        txns: Vec<(String, i64)>,
+        metadata: Vec<(String, serde_json::Value)>,
+    ) -> Result<u64> {
+        use deltalake::kernel::transaction::{CommitData, TransactionError};
+        use deltalake::logstore::CommitOrBytes;
         let mine: std::collections::HashSet<String> =
-            append.txns.iter().map(|(app, _)| app.clone()).collect();
-        let txns = append
-            .txns
+            txns.iter().map(|(app, _)| app.clone()).collect();
+        let txns = txns
             .into_iter()
             .map(|(app, v)| Transaction::new(app, v))
             .collect();
@@ -431,14 +499,9 @@ impl Store {
             partition_by: None,
             predicate: None,
         };
-        let bytes = CommitData::new(
-            actions,
-            operation,
-            append.metadata.into_iter().collect(),
-            txns,
-        )
-        .get_bytes()
-        .map_err(deltalake::DeltaTableError::from)?;
+        let bytes = CommitData::new(actions, operation, metadata.into_iter().collect(), txns)
+            .get_bytes()
+            .map_err(deltalake::DeltaTableError::from)?;
         let log_store = app.table.log_store();
         let mut version = app.version + 1;
         let mut attempts = 0;
@@ -568,6 +631,27 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// How many rows the commits after version `after` up to `upto` added to `name` (their
+    /// `add` actions with `dataChange`), from the files' statistics in the commit files: the
+    /// data files are not read. A file without a row count counts as none.
+    pub async fn added_row_count(&self, name: &str, after: u64, upto: u64) -> Result<u64> {
+        let table = self.table(name).await?;
+        let mut n = 0u64;
+        for version in after + 1..=upto {
+            let Some(bytes) = table.log_store().read_commit_entry(version).await? else {
+                return Err(StoreError::Delta(deltalake::DeltaTableError::Generic(
+                    format!("table {name}: commit {version} is missing"),
+                )));
+            };
+            n += added_records(&bytes).map_err(|e| {
+                StoreError::Delta(deltalake::DeltaTableError::Generic(format!(
+                    "table {name}: commit {version} does not read: {e}"
+                )))
+            })?;
+        }
+        Ok(n)
     }
 
     /// The rows that the commits after version `after` up to `upto` added to `name` (their
@@ -760,6 +844,37 @@ pub const CHECKPOINT_INTERVAL: u64 = 100;
 /// took the version).
 const COMMIT_ATTEMPTS: usize = 16;
 
+/// Rows written to a table's files and not committed yet ([`Store::stage`]).
+pub struct Staged {
+    files: deltalake::writer::RecordBatchWriter,
+    schema: SchemaRef,
+    rows: usize,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged").field("rows", &self.rows).finish()
+    }
+}
+
+impl Staged {
+    /// Writes `batch` (cast to the table's schema) to the open file, which is finished and a
+    /// new one started once it reaches [`STAGED_FILE_BYTES`].
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        use deltalake::writer::DeltaWriter as _;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += batch.num_rows();
+        Ok(self.files.write(conform(&batch, &self.schema)?).await?)
+    }
+}
+
+/// The size of the files [`Store::stage`] writes.
+pub const STAGED_FILE_BYTES: u64 = 128 << 20;
+/// The rows per row group of the files [`Store::stage`] writes.
+pub const STAGED_ROW_GROUP: usize = 256 * 1024;
+
 /// What appends to one table keep between commits: a handle for its metadata, object store
 /// and log store (its file list is never loaded here), its Arrow schema, and the last version
 /// this process committed. Dropped (and taken again from the table's slot) after a rewrite.
@@ -877,6 +992,31 @@ fn added_paths(commit: &[u8]) -> std::result::Result<Vec<String>, serde_json::Er
         }
     }
     Ok(out)
+}
+
+/// The rows the data-changing `add`s of one commit file hold (`numRecords` of their stats).
+fn added_records(commit: &[u8]) -> std::result::Result<u64, serde_json::Error> {
+    let mut n = 0;
+    for line in commit.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let action: serde_json::Value = serde_json::from_slice(line)?;
+        let Some(add) = action.get("add") else {
+            continue;
+        };
+        if add.get("dataChange").and_then(serde_json::Value::as_bool) != Some(true) {
+            continue;
+        }
+        if let Some(stats) = add.get("stats").and_then(serde_json::Value::as_str) {
+            let stats: serde_json::Value = serde_json::from_str(stats)?;
+            n += stats
+                .get("numRecords")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+        }
+    }
+    Ok(n)
 }
 
 /// What compacting one table did.

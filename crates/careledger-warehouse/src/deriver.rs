@@ -28,13 +28,13 @@ use arrow_array::builder::{
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
-use arrow_schema::{DataType, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{DataType, Schema, SchemaRef};
 use careledger_model::pseudonym::person_id;
 use careledger_model::status::{EventKind, LifeEvent, RuleParams};
 use careledger_model::{Table, from_epoch_days as date};
 use careledger_store::{
     Append, DERIVED_EPISODES, DERIVED_PEOPLE, DERIVED_RESIDENCE, DERIVED_RUNS, DERIVED_SUPERSEDED,
-    PERSON_ID, Store, derived_current, derived_tables,
+    PERSON_ID, Staged, Store, derived_current, derived_tables,
 };
 use chrono::{DateTime, Utc};
 use datafusion::datasource::MemTable;
@@ -42,7 +42,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
 use crate::derive::{Ancestors, EpisodeRow, PersonRec, ResidenceRow, RunRow, derive_woman};
-use crate::{Result, WarehouseError};
+use crate::partition::{Spill, nullable};
+use crate::runs::Runs;
+use crate::{QUERY_PARTITIONS, Result, WarehouseError};
 
 type Provider = Arc<dyn datafusion::catalog::TableProvider>;
 
@@ -51,10 +53,18 @@ const CHUNK: usize = 40_000;
 
 /// A rebuild derives the women in buckets of about this much stored Parquet of the pushed
 /// tables (up to 256 buckets): one bucket's records, and their derivation, are in memory at once.
-pub const REBUILD_BUCKET_BYTES: u64 = 64 << 20;
+/// The rows are split by bucket in one pass (`partition.rs`), so smaller buckets cost no more
+/// scans: at 1M women (431 MB, 54 buckets) a rebuild peaked at 735 MB against 1.74 GB with 64 MiB
+/// buckets, and took 53 s against 57 s.
+pub const REBUILD_BUCKET_BYTES: u64 = 8 << 20;
 
 /// Past this many women touched, a cycle is a full rebuild (fewer scans of the pushed tables).
 const REBUILD_ABOVE: usize = 4 * CHUNK;
+
+/// Past this many new rows (read from the commits' statistics), a cycle is a full rebuild
+/// before any row is read: they touch more than [`REBUILD_ABOVE`] women but for the rare
+/// pushes that carry many rows per woman, and a rebuild gives the same rows as the cycle.
+const REBUILD_ABOVE_ROWS: u64 = 4 * REBUILD_ABOVE as u64;
 
 const APP_GEN: &str = "careledger-deriver/cycle";
 const APP_FLOOR: &str = "careledger-deriver/floor";
@@ -306,6 +316,21 @@ impl Deriver {
         if !changed {
             return Ok(None);
         }
+        // Rows enough that they surely touch more women than REBUILD_ABOVE (a bulk load):
+        // a rebuild at once, without first holding the new rows and the records they touch
+        // (counted from the commits' file statistics, no data read). That step held 2.5 GB
+        // for a few seconds at 1M women, on top of the ingest.
+        let mut new_rows_counted = 0u64;
+        for (t, _, v) in &tables {
+            let from = state.sources[t.as_str()];
+            if *v > from {
+                new_rows_counted += self.store.added_row_count(t.as_str(), from, *v).await?;
+            }
+        }
+        if new_rows_counted > REBUILD_ABOVE_ROWS {
+            tracing::debug!(new_rows = new_rows_counted, "so many new rows: rebuilding");
+            return Ok(Some(self.rebuild_locked(&state).await?));
+        }
         let started = Instant::now();
         let cycle = state.cycle + 1;
         let mut next = state.clone();
@@ -352,6 +377,9 @@ impl Deriver {
                     }
                 }
             }
+            if keys.len() > REBUILD_ABOVE {
+                break;
+            }
             if records.is_empty() {
                 continue;
             }
@@ -389,7 +417,7 @@ impl Deriver {
         };
         if keys.len() > REBUILD_ABOVE {
             // So many women (a burst while the server was down, a first push of a whole
-            // county): a rebuild reads the tables once per bucket instead of once per chunk.
+            // county): a rebuild reads the tables twice in all instead of once per chunk.
             drop(ctx);
             return Ok(Some(self.rebuild_locked(&state).await?));
         }
@@ -427,6 +455,25 @@ impl Deriver {
         Ok(Some(stats))
     }
 
+    /// Where a rebuild spills: `derived/.spill` in a local store (on its disk; emptied first,
+    /// since only the process holding the store's deriver lock derives, whatever is there was
+    /// left by a rebuild cut short), else the temporary directory (`TMPDIR`).
+    fn spill_dir(&self) -> Result<std::path::PathBuf> {
+        let Some(root) = self.store.local_dir() else {
+            return Ok(std::env::temp_dir());
+        };
+        let dir = root.join("derived").join(".spill");
+        let io = |e: std::io::Error| {
+            WarehouseError::Deriver(format!("spill directory {}: {e}", dir.display()))
+        };
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        Ok(dir)
+    }
+
     /// Derives every woman again (a new floor); the old rows are dead once it completes.
     pub async fn rebuild(&self) -> Result<CycleStats> {
         let _one = self.lock.lock().await;
@@ -453,45 +500,76 @@ impl Deriver {
             tables.push((t, table.table_provider().await?, v));
         }
         let ctx = input_context(&tables).await?;
-        // The latest commit time read: rows are read at these versions.
-        for (t, _, _) in &tables {
-            let b = ctx
-                .sql(&format!(
-                    "SELECT max(ingested_at) AS m FROM delta_{}",
-                    t.as_str()
-                ))
-                .await?
-                .collect()
-                .await?;
-            if let Some(b) = b.first() {
-                let c = datafusion::arrow::compute::cast(
-                    b.column(0),
-                    &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                )?;
-                let c = c.as_primitive::<TimestampMicrosecondType>();
-                if !c.is_empty() && !c.is_null(0) {
-                    next.reflects = Some(next.reflects.unwrap_or(i64::MIN).max(c.value(0)));
-                }
-            }
-        }
         // Buckets of about `bucket_bytes` of stored Parquet each, by the key's first two
-        // hex digits: a bucket's records are held in memory at once.
+        // hex digits: a bucket's records are held in memory at once. One pass over the tables
+        // splits their rows by bucket (`partition.rs`), so more buckets cost no more scans.
         let buckets = bytes.div_ceil(self.bucket_bytes).clamp(1, 256) as usize;
-        tracing::debug!(buckets, bytes, "rebuilding");
+        let spill_dir = self.spill_dir()?;
+        let spill = Spill::write(&ctx, buckets, conform, &spill_dir).await?;
+        drop(ctx);
+        // The latest commit time read: rows are read at these versions.
+        next.reflects = spill.reflects;
+        tracing::debug!(buckets, bytes, spilled_rows = spill.rows, "rebuilding");
         let mut stats = CycleStats {
             cycle,
             rebuild: true,
             ..CycleStats::default()
         };
         stats.read += started.elapsed();
+        // Each derived table's rows go to staged files committed once at the end (a few
+        // large files, not one per bucket); those of a table with a cluster order first to
+        // sorted runs, merged into QUERY_PARTITIONS files each sorted throughout.
+        let mut staged = HashMap::new();
+        let mut runs = HashMap::new();
+        for (name, _) in data_tables() {
+            staged.insert(name, self.store.stage(name).await?);
+            if !cluster_order(name).is_empty() {
+                // As many sorted files as a query scans in parallel: a filter on the sort
+                // order then reads a part of each file, not all of one.
+                let sets = (0..QUERY_PARTITIONS)
+                    .map(|_| Runs::new(&spill_dir))
+                    .collect::<Result<Vec<_>>>()?;
+                runs.insert(name, sets);
+            }
+        }
         for b in 0..buckets {
             let prefixes: HashSet<String> = (0..256usize)
                 .filter(|i| i % buckets == b)
                 .map(|i| format!("{i:02x}"))
                 .collect();
-            self.derive_and_write(&ctx, &Women::Prefixes(prefixes), cycle, &mut stats)
+            let read = Instant::now();
+            let inputs = spill.take(b)?;
+            stats.read += read.elapsed();
+            self.derive_inputs(
+                inputs,
+                &Women::Prefixes(prefixes),
+                cycle,
+                &mut stats,
+                Sink::Staged(&mut staged, &mut runs),
+            )
+            .await?;
+        }
+        drop(spill);
+        let write = Instant::now();
+        let mut sorted: HashMap<&'static str, Vec<Staged>> = HashMap::new();
+        for (name, sets) in runs {
+            for set in sets {
+                let mut files = self.store.stage(name).await?;
+                let mut merge = set.merge(cluster_order(name))?;
+                while let Some(b) = merge.next_batch()? {
+                    files.write(b).await?;
+                }
+                sorted.entry(name).or_default().push(files);
+            }
+        }
+        for (name, files) in staged {
+            let mut all = vec![files];
+            all.extend(sorted.remove(name).unwrap_or_default());
+            self.store
+                .commit_staged(name, all, vec![(APP_GEN.to_string(), cycle)])
                 .await?;
         }
+        stats.write += write.elapsed();
         next.women = stats.women_current as i64;
         let write = Instant::now();
         // The old entries are below the floor: cleared with the commit that sets it.
@@ -698,6 +776,15 @@ impl Deriver {
         stats: &mut CycleStats,
     ) -> Result<()> {
         let read = Instant::now();
+        let inputs = self.read_women(ctx, women).await?;
+        stats.read += read.elapsed();
+        self.derive_inputs(inputs, women, cycle, stats, Sink::Append)
+            .await
+    }
+
+    /// Every version of every record of `women`, one batch per pushed table in
+    /// [`Table::ALL`] order (stored schema).
+    async fn read_women(&self, ctx: &SessionContext, women: &Women) -> Result<Vec<RecordBatch>> {
         let filter = match women {
             Women::Keys(keys) => {
                 let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -742,9 +829,24 @@ impl Deriver {
                 rows.push(conform(&b?, &schema)?);
             }
             drop(stream);
-            inputs.push(datafusion::arrow::compute::concat_batches(&schema, &rows)?);
+            inputs.push(datafusion::arrow::compute::concat_batches(
+                &nullable(&schema),
+                &rows,
+            )?);
         }
-        stats.read += read.elapsed();
+        Ok(inputs)
+    }
+
+    /// Derives the women `women` admits from `inputs` (every version of their records, one
+    /// batch per pushed table) and writes the rows (cycle `gen`) to every derived data table.
+    async fn derive_inputs(
+        &self,
+        inputs: Vec<RecordBatch>,
+        women: &Women,
+        cycle: i64,
+        stats: &mut CycleStats,
+        mut sink: Sink<'_>,
+    ) -> Result<()> {
         let started = Instant::now();
         let member: Arc<dyn Fn(&str) -> bool + Send + Sync> = match women {
             Women::Keys(k) => {
@@ -793,20 +895,58 @@ impl Deriver {
             }
             let schema = batches[0].schema();
             let batches = clustered(name, &schema, batches)?;
-            self.store
-                .append(
-                    name,
-                    Append {
-                        batches,
-                        txns: vec![(APP_GEN.to_string(), cycle)],
-                        metadata: vec![],
-                    },
-                )
-                .await?;
+            match &mut sink {
+                Sink::Append => {
+                    self.store
+                        .append(
+                            name,
+                            Append {
+                                batches,
+                                txns: vec![(APP_GEN.to_string(), cycle)],
+                                metadata: vec![],
+                            },
+                        )
+                        .await?;
+                }
+                Sink::Staged(files, runs) => {
+                    if let Some(runs) = runs.get_mut(name) {
+                        // To the set with the fewest rows so far: the merged files come out
+                        // about the same size.
+                        let run = runs
+                            .iter_mut()
+                            .min_by_key(|r| r.rows())
+                            .expect("at least one set of runs");
+                        for b in &batches {
+                            run.push(b)?;
+                        }
+                        continue;
+                    }
+                    let staged = files.get_mut(name).ok_or_else(|| {
+                        WarehouseError::Deriver(format!("no staged files for {name}"))
+                    })?;
+                    for b in batches {
+                        staged.write(b).await?;
+                    }
+                }
+            }
         }
         stats.write += write.elapsed();
         Ok(())
     }
+}
+
+/// Where [`Deriver::derive_inputs`] puts its rows.
+enum Sink<'a> {
+    /// One commit per derived table (an incremental cycle's chunk).
+    Append,
+    /// Into each derived table's staged files, committed by the caller (a rebuild: its
+    /// buckets go to a few large files instead of one file per bucket and table); the rows of
+    /// a table with a cluster order to one of its [`QUERY_PARTITIONS`] sets of sorted runs,
+    /// which the caller merges into as many files, each sorted throughout.
+    Staged(
+        &'a mut HashMap<&'static str, Staged>,
+        &'a mut HashMap<&'static str, Vec<Runs>>,
+    ),
 }
 
 fn superseded_schema() -> SchemaRef {
@@ -895,12 +1035,7 @@ fn conform(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         };
         cols.push(col);
     }
-    let nullable: Vec<_> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(nullable)), cols)?)
+    Ok(RecordBatch::try_new(nullable(schema), cols)?)
 }
 
 /// One visible interval of a row of a pushed table's current view.

@@ -20,9 +20,11 @@
 mod derive;
 pub mod deriver;
 mod local_days;
+mod partition;
 pub mod publish;
 mod reference;
 pub mod reports;
+mod runs;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +42,12 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use deriver::{CycleStats, DerivedState, Deriver};
+
+/// The partitions a report's plan runs in (DataFusion's `target_partitions`): the cores of
+/// the machine this was measured on. A rebuild writes each clustered derived table as this
+/// many files, each sorted throughout, so that a filter on the order still has every
+/// partition reading.
+pub const QUERY_PARTITIONS: usize = 2;
 pub use reports::{ParamKind, ParamSpec, ReportSpec, catalog};
 
 /// Everything that can go wrong in the warehouse.
@@ -507,7 +515,7 @@ impl Warehouse {
         access: &Access,
     ) -> Result<Snapshot> {
         let config = SessionConfig::new()
-            .with_target_partitions(2)
+            .with_target_partitions(QUERY_PARTITIONS)
             .with_information_schema(true);
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
         if let Some(pool) = &self.memory_pool {

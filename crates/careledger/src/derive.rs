@@ -21,6 +21,10 @@ pub(crate) struct DeriveArgs {
     /// Afterwards, rewrite the derived tables without rows that later cycles replaced.
     #[arg(long)]
     compact: bool,
+    /// A rebuild derives the women in buckets of about this many MiB of stored Parquet of the
+    /// pushed tables: one bucket's rows, and their derivation, are in memory at once.
+    #[arg(long, value_name = "MIB", default_value_t = careledger_warehouse::deriver::REBUILD_BUCKET_BYTES >> 20)]
+    rebuild_bucket_mib: u64,
 }
 
 /// An exclusive lock on a local store's deriver (`derived/.deriver.lock`), held by a server
@@ -71,7 +75,8 @@ pub(crate) async fn run(args: DeriveArgs) -> Result<()> {
             .with_context(|| format!("opening store {}", args.store))?,
     );
     let _lock = DeriverLock::take(&store)?;
-    let deriver = Deriver::new(store.clone(), RuleParams::default());
+    let deriver = Deriver::new(store.clone(), RuleParams::default())
+        .with_rebuild_bucket_bytes(args.rebuild_bucket_mib.max(1) << 20);
     let started = Instant::now();
     let cycles = if args.rebuild {
         vec![deriver.rebuild().await?]

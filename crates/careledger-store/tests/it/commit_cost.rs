@@ -10,7 +10,7 @@ use arrow_schema::{DataType, TimeUnit};
 use careledger_store::{Append, BATCHES, Store};
 
 /// `n` rows of the `batches` table (every column filled).
-fn rows(k: usize, n: usize) -> RecordBatch {
+pub(crate) fn rows(k: usize, n: usize) -> RecordBatch {
     let schema = careledger_store::batches_schema();
     let columns: Vec<ArrayRef> = schema
         .fields()

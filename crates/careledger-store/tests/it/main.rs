@@ -350,3 +350,62 @@ async fn overlapping_compactions_of_one_table_keep_every_row_once() {
     assert_eq!(requests.len(), 300);
     assert!(b.file_count(AUDIT).await.unwrap() <= 21, "compacted");
 }
+
+/// The rows that commits added, counted from the commits' file statistics (how the deriver
+/// tells a bulk load without reading it): appends count, a compaction's rewrite does not.
+/// Staged rows are invisible until their one commit, which carries its transactions.
+#[tokio::test]
+async fn added_rows_are_counted_from_the_commits_and_staged_rows_commit_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+    for (k, n) in [(1, 3), (2, 4)] {
+        store
+            .append(
+                BATCHES,
+                Append {
+                    batches: vec![commit_cost::rows(k, n)],
+                    ..Append::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.added_row_count(BATCHES, 0, 2).await.unwrap(), 7);
+    assert_eq!(store.added_row_count(BATCHES, 1, 2).await.unwrap(), 4);
+    let compacted = store.compact(BATCHES, 1 << 20).await.unwrap();
+    assert_eq!((compacted.files_removed, compacted.version), (2, 3));
+    assert_eq!(store.added_row_count(BATCHES, 2, 3).await.unwrap(), 0);
+
+    let mut staged = store.stage(BATCHES).await.unwrap();
+    staged.write(commit_cost::rows(3, 5)).await.unwrap();
+    staged.write(commit_cost::rows(4, 6)).await.unwrap();
+    assert_eq!(store.refresh(BATCHES).await.unwrap().version(), Some(3));
+    let v = store
+        .commit_staged(BATCHES, vec![staged], vec![("app.x".into(), 9)])
+        .await
+        .unwrap();
+    assert_eq!(v, 4);
+    assert_eq!(store.added_row_count(BATCHES, 3, 4).await.unwrap(), 11);
+    assert_eq!(
+        store
+            .txn_versions(BATCHES, &["app.x".into()])
+            .await
+            .unwrap(),
+        vec![Some(9)]
+    );
+    let table = store.refresh(BATCHES).await.unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("b", table.table_provider().await.unwrap())
+        .unwrap();
+    let n = ctx
+        .sql("SELECT count(*) FROM b")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        datafusion::arrow::util::display::array_value_to_string(n[0].column(0), 0).unwrap(),
+        "18"
+    );
+}
