@@ -54,8 +54,8 @@ const CHUNK: usize = 40_000;
 /// A rebuild derives the women in buckets of about this much stored Parquet of the pushed
 /// tables (up to 256 buckets): one bucket's records, and their derivation, are in memory at once.
 /// The rows are split by bucket in one pass (`partition.rs`), so smaller buckets cost no more
-/// scans: at 1M women (431 MB, 54 buckets) a rebuild peaked at 735 MB against 1.74 GB with 64 MiB
-/// buckets, and took 53 s against 57 s.
+/// scans: at 1M women (431 MB, 52–54 buckets) a standalone rebuild peaked at 0.69–0.76 GB in
+/// 51–53 s; the same code with 64 MiB buckets (7) at 1.74 GB in 57 s.
 pub const REBUILD_BUCKET_BYTES: u64 = 8 << 20;
 
 /// Past this many women touched, a cycle is a full rebuild (fewer scans of the pushed tables).
