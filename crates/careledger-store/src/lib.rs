@@ -423,6 +423,7 @@ impl Store {
             files,
             schema: app.schema.clone(),
             rows: 0,
+            closed: Vec::new(),
         })
     }
 
@@ -435,12 +436,10 @@ impl Store {
         txns: Vec<(String, i64)>,
     ) -> Result<u64> {
         use deltalake::kernel::Action;
-        use deltalake::writer::DeltaWriter as _;
         let mut actions: Vec<Action> = Vec::new();
         for mut s in staged {
-            if s.rows > 0 {
-                actions.extend(s.files.flush().await?.into_iter().map(Action::Add));
-            }
+            s.close().await?;
+            actions.extend(s.closed.into_iter().map(Action::Add));
         }
         let mut writer = self.writer_of(name)?.lock().await;
         let app = self.appender(name, &mut writer).await?;
@@ -848,7 +847,10 @@ const COMMIT_ATTEMPTS: usize = 16;
 pub struct Staged {
     files: deltalake::writer::RecordBatchWriter,
     schema: SchemaRef,
+    /// Rows written since the last flush.
     rows: usize,
+    /// The files finished by [`Staged::close`], not committed yet.
+    closed: Vec<deltalake::kernel::Add>,
 }
 
 impl std::fmt::Debug for Staged {
@@ -867,6 +869,17 @@ impl Staged {
         }
         self.rows += batch.num_rows();
         Ok(self.files.write(conform(&batch, &self.schema)?).await?)
+    }
+
+    /// Finishes the open file, so that its buffers are freed before the commit (which may
+    /// wait for other staged rows). More rows may follow, in new files.
+    pub async fn close(&mut self) -> Result<()> {
+        use deltalake::writer::DeltaWriter as _;
+        if self.rows > 0 {
+            self.closed.extend(self.files.flush().await?);
+            self.rows = 0;
+        }
+        Ok(())
     }
 }
 

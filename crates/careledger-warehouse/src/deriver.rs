@@ -54,9 +54,15 @@ const CHUNK: usize = 40_000;
 /// A rebuild derives the women in buckets of about this much stored Parquet of the pushed
 /// tables (up to 256 buckets): one bucket's records, and their derivation, are in memory at once.
 /// The rows are split by bucket in one pass (`partition.rs`), so smaller buckets cost no more
-/// scans: at 1M women (431 MB, 52–54 buckets) a standalone rebuild peaked at 0.69–0.76 GB in
-/// 51–53 s; the same code with 64 MiB buckets (7) at 1.74 GB in 57 s.
+/// scans: at 1M women (431 MB, 52–54 buckets) a standalone rebuild peaked at 690–741 MiB in
+/// 50–53 s; the same code with 64 MiB buckets (7) at 1,700 MiB in 57 s.
 pub const REBUILD_BUCKET_BYTES: u64 = 8 << 20;
+
+/// The files a rebuild writes each clustered derived table as, each sorted throughout: a
+/// few per query partition, so that the rows a filter on the order selects are spread over
+/// every partition's files (with one file per partition, breadth's scan of 2024's services
+/// read 1.08M rows in one partition and 1.80M in the other).
+const SORTED_FILES: usize = 4 * QUERY_PARTITIONS;
 
 /// Past this many women touched, a cycle is a full rebuild (fewer scans of the pushed tables).
 const REBUILD_ABOVE: usize = 4 * CHUNK;
@@ -518,15 +524,15 @@ impl Deriver {
         stats.read += started.elapsed();
         // Each derived table's rows go to staged files committed once at the end (a few
         // large files, not one per bucket); those of a table with a cluster order first to
-        // sorted runs, merged into QUERY_PARTITIONS files each sorted throughout.
+        // sorted runs, merged into SORTED_FILES files each sorted throughout.
         let mut staged = HashMap::new();
         let mut runs = HashMap::new();
         for (name, _) in data_tables() {
             staged.insert(name, self.store.stage(name).await?);
             if !cluster_order(name).is_empty() {
-                // As many sorted files as a query scans in parallel: a filter on the sort
-                // order then reads a part of each file, not all of one.
-                let sets = (0..QUERY_PARTITIONS)
+                // A few sorted files per query partition: a filter on the sort order then
+                // reads a part of each file, spread over the partitions.
+                let sets = (0..SORTED_FILES)
                     .map(|_| Runs::new(&spill_dir))
                     .collect::<Result<Vec<_>>>()?;
                 runs.insert(name, sets);
@@ -559,6 +565,8 @@ impl Deriver {
                 while let Some(b) = merge.next_batch()? {
                     files.write(b).await?;
                 }
+                // Its last row group written out now, not held until the commit.
+                files.close().await?;
                 sorted.entry(name).or_default().push(files);
             }
         }
@@ -941,7 +949,7 @@ enum Sink<'a> {
     Append,
     /// Into each derived table's staged files, committed by the caller (a rebuild: its
     /// buckets go to a few large files instead of one file per bucket and table); the rows of
-    /// a table with a cluster order to one of its [`QUERY_PARTITIONS`] sets of sorted runs,
+    /// a table with a cluster order to one of its [`SORTED_FILES`] sets of sorted runs,
     /// which the caller merges into as many files, each sorted throughout.
     Staged(
         &'a mut HashMap<&'static str, Staged>,

@@ -44,8 +44,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 pub use deriver::{CycleStats, DerivedState, Deriver};
 
 /// The partitions a report's plan runs in (DataFusion's `target_partitions`): the cores of
-/// the machine this was measured on. A rebuild writes each clustered derived table as this
-/// many files, each sorted throughout, so that a filter on the order still has every
+/// the machine this was measured on. A rebuild writes each clustered derived table as a few
+/// files per partition, each sorted throughout, so that a filter on the order still has every
 /// partition reading.
 pub const QUERY_PARTITIONS: usize = 2;
 pub use reports::{ParamKind, ParamSpec, ReportSpec, catalog};
