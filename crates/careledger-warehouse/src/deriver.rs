@@ -1003,7 +1003,7 @@ pub(crate) fn live_from(table: &str, superseded: &str, state: &DerivedState) -> 
 }
 
 /// A column of `b` as plain UTF-8.
-fn utf8(b: &RecordBatch, name: &str) -> Result<StringArray> {
+pub(crate) fn utf8(b: &RecordBatch, name: &str) -> Result<StringArray> {
     let col = b.column_by_name(name).ok_or_else(|| {
         WarehouseError::Deriver(format!("column {name} is missing from the input"))
     })?;

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
-use arrow_array::{Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{Array, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Schema, SchemaRef, TimeUnit};
 use careledger_model::Table;
 use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
@@ -40,6 +40,7 @@ use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
+use crate::deriver::utf8;
 use crate::{Result, WarehouseError};
 
 /// No bucket: a row without a woman (or with a key that is not hex).
@@ -74,13 +75,6 @@ pub(crate) fn nullable(schema: &SchemaRef) -> SchemaRef {
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
     ))
-}
-
-fn column(b: &RecordBatch, name: &str) -> Result<StringArray> {
-    let col = b.column_by_name(name).ok_or_else(|| {
-        WarehouseError::Deriver(format!("column {name} is missing from the input"))
-    })?;
-    Ok(cast(col, &DataType::Utf8)?.as_string::<i32>().clone())
 }
 
 /// The pushed tables' rows, split by rebuild bucket, on local disk.
@@ -146,9 +140,9 @@ impl Spill {
         while let Some(b) = stream.next().await {
             let b = b?;
             let (src, rid, pk) = (
-                column(&b, "source")?,
-                column(&b, "record_id")?,
-                column(&b, "person_key")?,
+                utf8(&b, "source")?,
+                utf8(&b, "record_id")?,
+                utf8(&b, "person_key")?,
             );
             let ing = b.column_by_name("ingested_at").ok_or_else(|| {
                 WarehouseError::Deriver("column ingested_at is missing from the input".into())
@@ -217,9 +211,9 @@ impl Spill {
         while let Some(b) = stream.next().await {
             let b = conform(&b?, &stored)?;
             let (src, rid, pk) = (
-                column(&b, "source")?,
-                column(&b, "record_id")?,
-                column(&b, "person_key")?,
+                utf8(&b, "source")?,
+                utf8(&b, "record_id")?,
+                utf8(&b, "person_key")?,
             );
             let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.buckets];
             for i in 0..b.num_rows() {
