@@ -208,6 +208,8 @@ pub(crate) async fn wait_if_asked(state: &AppState, wait_for: Option<&str>) -> R
             targets.push((t.as_str().to_string(), v));
         }
     } else {
+        // The receipt reaches `batches` after its answer: wait for those answered before.
+        state.committer.batches.settled().await;
         let found = state
             .warehouse
             .batch_version(wait_for)
