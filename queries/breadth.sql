@@ -22,8 +22,9 @@ women AS (
     SELECT person_id, region_code FROM last_run WHERE starts_with(region_code, $region)
 ),
 reached AS (
-    -- The measure areas reached, as bits (M1 = 1, …, M7 = 64) gathered per woman, then
-    -- counted: one group per woman, not per woman and measure.
+    -- The measure areas reached (services inside one of her episodes: `in_episode`, kept
+    -- by the deriver), as bits (M1 = 1, …, M7 = 64) gathered per woman, then counted: one
+    -- group per woman, not per woman and measure.
     SELECT person_id,
            CASE WHEN mask & 1 <> 0 THEN 1 ELSE 0 END +
            CASE WHEN mask & 2 <> 0 THEN 1 ELSE 0 END +
@@ -43,11 +44,8 @@ reached AS (
                        WHEN 'M7' THEN 64
                        ELSE 0 END) AS mask
         FROM services s
-        JOIN status_episodes e
-          ON e.person_id = s.person_id
-         AND s.service_date >= e.start_date
-         AND (e.end_date IS NULL OR s.service_date < e.end_date)
-        WHERE s.service_date >= CAST(date_trunc('year', $as_of) AS DATE)
+        WHERE s.in_episode
+          AND s.service_date >= CAST(date_trunc('year', $as_of) AS DATE)
           AND s.service_date < CAST($as_of + INTERVAL '1 day' AS DATE)
         GROUP BY s.person_id
     ) AS m

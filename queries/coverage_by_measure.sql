@@ -22,8 +22,8 @@ denominator AS (
 ),
 served AS (
     -- The measure areas of each woman's services dated in the period inside one of her
-    -- episodes, as bits (M1 = 1, M2 = 2, …, M7 = 64): one row per woman, not per woman and
-    -- measure.
+    -- episodes (`in_episode`, kept by the deriver), as bits (M1 = 1, M2 = 2, …, M7 = 64): one
+    -- row per woman, not per woman and measure.
     SELECT s.person_id,
            bit_or(CASE s.measure
                        WHEN 'M1' THEN 1
@@ -35,11 +35,7 @@ served AS (
                        WHEN 'M7' THEN 64
                        ELSE 0 END) AS measures
     FROM services s
-    JOIN status_episodes e
-      ON e.person_id = s.person_id
-     AND s.service_date >= e.start_date
-     AND (e.end_date IS NULL OR s.service_date < e.end_date)
-    WHERE s.service_date >= $from AND s.service_date < $to
+    WHERE s.in_episode AND s.service_date >= $from AND s.service_date < $to
     GROUP BY s.person_id
 ),
 measures AS (

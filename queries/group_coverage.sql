@@ -44,6 +44,9 @@ per_woman AS (
      -- Implied by the two lines above (d_from >= $from, d_to <= $to); said so that the
      -- scan of services skips the pages outside the period.
      AND s.service_date >= $from AND s.service_date < $to
+     -- Implied too (the days are inside one of her episodes), and kept with the service by
+     -- the deriver: only services inside an episode reach the join.
+     AND s.in_episode
     GROUP BY i.person_id, i.group_code
 )
 SELECT r.region_code,

@@ -41,11 +41,7 @@ reached AS (
                        ELSE 0 END) AS mask
         FROM services s
         CROSS JOIN span
-        JOIN status_episodes e
-          ON e.person_id = s.person_id
-         AND s.service_date >= e.start_date
-         AND (e.end_date IS NULL OR s.service_date < e.end_date)
-        WHERE s.service_date >= span.d_from AND s.service_date < span.d_to
+        WHERE s.in_episode AND s.service_date >= span.d_from AND s.service_date < span.d_to
         GROUP BY s.person_id
     ) AS m
 )

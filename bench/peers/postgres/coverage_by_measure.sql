@@ -28,11 +28,7 @@ served AS (
                        WHEN 'M7' THEN 64
                        ELSE 0 END) AS measures
     FROM services s
-    JOIN status_episodes e
-      ON e.person_id = s.person_id
-     AND s.service_date >= e.start_date
-     AND (e.end_date IS NULL OR s.service_date < e.end_date)
-    WHERE s.service_date >= $from AND s.service_date < $to
+    WHERE s.in_episode AND s.service_date >= $from AND s.service_date < $to
     GROUP BY s.person_id
 ),
 measures AS (

@@ -86,7 +86,8 @@ CREATE TABLE services (
     quantity       bigint,
     batch_id       text COLLATE "C" NOT NULL,
     ingested_at    timestamptz NOT NULL,
-    person_id bigint
+    person_id bigint,
+    in_episode boolean
 );
 
 CREATE TABLE registrations (

@@ -206,6 +206,9 @@ pub(crate) fn query_problem(e: WarehouseError) -> Problem {
             format!("there is no report named {n:?}; GET /v1/reports lists them"),
         ),
         WarehouseError::DataFusion(e) => datafusion_problem(e),
+        e @ WarehouseError::Rederiving { .. } => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "rederiving", e.to_string())
+        }
         other => Problem::internal("the query", &other),
     }
 }

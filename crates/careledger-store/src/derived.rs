@@ -50,6 +50,13 @@ pub fn bitemporal_fields() -> [Field; 3] {
 /// `person_key` (`careledger_model::pseudonym::person_id`), which reports join and group on.
 pub const PERSON_ID: &str = "person_id";
 
+/// The column `current_services` has after `person_id`: whether the service's date falls
+/// inside one of the woman's status episodes, as the ledger stood while the row was known
+/// (false for a woman with no episodes, or no `women` record). The deriver splits a row's
+/// `known_from`..`known_to` where her episodes change it, so that it holds at every instant;
+/// coverage and breadth filter on it instead of joining `status_episodes`.
+pub const IN_EPISODE: &str = "in_episode";
+
 fn with_bitemporal(fields: Vec<Field>) -> SchemaRef {
     let mut fields = fields;
     fields.extend(bitemporal_fields());
@@ -119,7 +126,16 @@ pub fn derived_tables() -> Vec<(&'static str, SchemaRef)> {
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .collect();
-            (derived_current(*t), with_bitemporal(visible))
+            let schema = with_bitemporal(visible);
+            let schema = if *t == Table::Services {
+                let mut fields: Vec<Field> =
+                    schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.push(Field::new(IN_EPISODE, DataType::Boolean, false));
+                Arc::new(Schema::new(fields))
+            } else {
+                schema
+            };
+            (derived_current(*t), schema)
         })
         .collect();
     out.push((DERIVED_PEOPLE, with_bitemporal(people_fields())));

@@ -85,8 +85,9 @@ fn app_source(table: Table) -> String {
 
 /// The layout of the derived tables. A store derived under another layout (or another rule)
 /// is rebuilt when the deriver first runs: `person-id` added `person_id` to every derived
-/// table, which rows derived before it lack.
-const DERIVED_LAYOUT: &str = "person-id";
+/// table, `service-in-episode` added `in_episode` to `current_services`; rows derived before
+/// either lack it.
+const DERIVED_LAYOUT: &str = "person-id|service-in-episode";
 
 /// A stable number for a rule version and the derived layout (Delta transactions hold
 /// integers).
@@ -147,6 +148,13 @@ impl DerivedState {
     }
 
     /// The latest commit time (`ingested_at`) of pushed rows that the derived tables reflect.
+    /// Whether the stored rows were derived under `rule` and this build's layout of the derived
+    /// tables (or nothing is derived yet). When not, the deriver's next cycle is a full
+    /// rebuild, and until it commits the rows may lack columns this build reads.
+    pub fn derived_under(&self, rule: &RuleParams) -> bool {
+        self.cycle == 0 || self.rule == Some(rule_fingerprint(rule))
+    }
+
     pub fn reflects_at(&self) -> Option<DateTime<Utc>> {
         self.reflects.and_then(DateTime::from_timestamp_micros)
     }
@@ -1023,12 +1031,13 @@ fn built(schema: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// `b` (built with [`built`]`(schema)`) with its `person_id` column, from `person_key`.
+/// `b` (built with [`built`]`(schema)`) with its `person_id` column, from `person_key`, in
+/// its place in `schema`.
 fn with_person_id(b: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let keys = utf8(&b, "person_key")?;
     let ids: arrow_array::Int64Array = keys.iter().map(|k| k.and_then(person_id)).collect();
     let mut cols = b.columns().to_vec();
-    cols.push(Arc::new(ids));
+    cols.insert(schema.index_of(PERSON_ID)?, Arc::new(ids));
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
@@ -1111,12 +1120,14 @@ fn current_rows(b: &RecordBatch, member: &dyn Fn(&str) -> bool) -> Result<Vec<Vi
     Ok(out)
 }
 
-/// Appends `gen`, `known_from`, `known_to` to the chosen rows of `b`.
+/// Appends `gen`, `known_from`, `known_to` to the chosen rows of `b`, and `extra` (one value
+/// per chosen row: `current_services`' `in_episode`) when given.
 fn with_intervals(
     b: &RecordBatch,
     rows: &[Visible],
     cycle: i64,
     schema: &SchemaRef,
+    extra: Option<ArrayRef>,
 ) -> Result<RecordBatch> {
     let idx = UInt32Array::from(rows.iter().map(|v| v.row as u32).collect::<Vec<_>>());
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
@@ -1135,7 +1146,75 @@ fn with_intervals(
     }
     cols.push(Arc::new(from.finish()));
     cols.push(Arc::new(to.finish()));
+    cols.extend(extra);
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// An episode's days: `[start, end)`, open-ended when `end` is None (epoch days).
+type EpisodeSpan = (i32, Option<i32>);
+
+/// The services' current rows with `in_episode`: each row's interval split at the instants
+/// her episodes changed whether its date falls inside one (`spans_at`: per woman, her
+/// episodes from each instant they changed on; none before the first). A woman with no
+/// episodes, or no `women` record, gives false.
+fn in_episode(
+    b: &RecordBatch,
+    rows: &[Visible],
+    spans_at: &HashMap<&str, Vec<(i64, Vec<EpisodeSpan>)>>,
+) -> Result<(Vec<Visible>, ArrayRef)> {
+    let pk = utf8(b, "person_key")?;
+    let day = datafusion::arrow::compute::cast(
+        b.column_by_name("service_date").ok_or_else(|| {
+            WarehouseError::Deriver("column service_date is missing from the input".into())
+        })?,
+        &DataType::Date32,
+    )?;
+    let day = day.as_primitive::<Date32Type>();
+    let mut out = Vec::with_capacity(rows.len());
+    let mut flags = arrow_array::builder::BooleanBuilder::with_capacity(rows.len());
+    for v in rows {
+        let d = (!day.is_null(v.row)).then(|| day.value(v.row));
+        let inside = |spans: &[EpisodeSpan]| {
+            d.is_some_and(|d| {
+                spans
+                    .iter()
+                    .any(|(s, e)| d >= *s && e.is_none_or(|e| d < e))
+            })
+        };
+        let steps = if pk.is_null(v.row) {
+            &[][..]
+        } else {
+            spans_at.get(pk.value(v.row)).map_or(&[][..], Vec::as_slice)
+        };
+        // Her episodes at `v.from`: those of the last change at or before it.
+        let mut i = steps.partition_point(|(t, _)| *t <= v.from);
+        let mut now = i > 0 && inside(&steps[i - 1].1);
+        let mut from = v.from;
+        while let Some((t, spans)) = steps.get(i) {
+            if v.to.is_some_and(|to| *t >= to) {
+                break;
+            }
+            let next = inside(spans);
+            if next != now {
+                out.push(Visible {
+                    row: v.row,
+                    from,
+                    to: Some(*t),
+                });
+                flags.append_value(now);
+                from = *t;
+                now = next;
+            }
+            i += 1;
+        }
+        out.push(Visible {
+            row: v.row,
+            from,
+            to: v.to,
+        });
+        flags.append_value(now);
+    }
+    Ok((out, Arc::new(flags.finish())))
 }
 
 /// A woman's `women` row with its interval and what orders it among her others.
@@ -1384,12 +1463,18 @@ fn compute(
     let mut out = Vec::new();
     let mut women: HashMap<String, Vec<WomanRow>> = HashMap::new();
     let mut events: HashMap<String, Vec<EventRow>> = HashMap::new();
+    // The services' current rows wait for their women's episodes (`in_episode`).
+    let mut services: Option<(&RecordBatch, Vec<Visible>)> = None;
     for (t, b) in Table::ALL.iter().zip(inputs) {
         let rows = current_rows(b, member)?;
         let name = derived_current(*t);
+        if *t == Table::Services {
+            services = Some((b, rows));
+            continue;
+        }
         out.push((
             name,
-            with_intervals(b, &rows, cycle, &built(&schemas[name]))?,
+            with_intervals(b, &rows, cycle, &built(&schemas[name]), None)?,
         ));
         match t {
             Table::Women => {
@@ -1462,6 +1547,8 @@ fn compute(
     let rule = params.rule_version();
     let mut ancestors = Ancestors::default();
     let mut bld = Builders::default();
+    // Per woman, her episodes' days from each instant they changed on: (instant, spans).
+    let mut spans_at: HashMap<&str, Vec<(i64, Vec<EpisodeSpan>)>> = HashMap::new();
     let mut keys: Vec<&String> = women.keys().collect();
     keys.sort();
     let no_events = Vec::new();
@@ -1496,6 +1583,17 @@ fn compute(
                     .collect();
                 derive_woman(&w.rec, &evs, params, &mut ancestors)
             });
+            let spans: Vec<EpisodeSpan> = derived
+                .as_ref()
+                .map(|d| d.episodes.iter().map(|e| (e.start, e.end)).collect())
+                .unwrap_or_default();
+            let steps = spans_at.entry(key.as_str()).or_default();
+            if steps
+                .last()
+                .map_or(!spans.is_empty(), |(_, last)| *last != spans)
+            {
+                steps.push((t, spans));
+            }
             let (p, e, r, u) = match derived {
                 Some(d) => (
                     Some(d.person),
@@ -1531,6 +1629,14 @@ fn compute(
         if let Some((rows, from)) = runs.rows.take() {
             bld.runs(key, &rows, cycle, from, None);
         }
+    }
+    if let Some((b, rows)) = services {
+        let name = derived_current(Table::Services);
+        let (rows, flags) = in_episode(b, &rows, &spans_at)?;
+        out.push((
+            name,
+            with_intervals(b, &rows, cycle, &built(&schemas[name]), Some(flags))?,
+        ));
     }
     let (rows, current) = bld.finish()?;
     out.extend(rows);

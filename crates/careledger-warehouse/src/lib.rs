@@ -33,8 +33,8 @@ use careledger_model::status::RuleParams;
 use careledger_model::{LocalZone, RegionLevel, Table};
 use careledger_store::{
     BATCHES, DERIVED_EPISODES, DERIVED_PEOPLE, DERIVED_RESIDENCE, DERIVED_RUNS, DERIVED_SUPERSEDED,
-    PERSON_ID, REJECTS, Store, StoreError, derived_current, episode_fields, people_fields,
-    residence_fields, run_fields,
+    IN_EPISODE, PERSON_ID, REJECTS, Store, StoreError, derived_current, episode_fields,
+    people_fields, residence_fields, run_fields,
 };
 use chrono::{DateTime, Utc};
 use datafusion::common::ScalarValue;
@@ -69,6 +69,12 @@ pub enum WarehouseError {
     OutOfScope { name: String, message: String },
     #[error("deriver: {0}")]
     Deriver(String),
+    /// The derived tables were derived under another rule version or layout of the derived
+    /// tables (an upgrade): the deriver rebuilds them, and no answer is given from the old rows.
+    #[error(
+        "the derived ledger was derived by another careledger version or rule ({rule} is this one's) and is being derived again; retry in a minute or two (start `careledger serve` on the store if none runs)"
+    )]
+    Rederiving { rule: String },
 }
 
 pub type Result<T, E = WarehouseError> = std::result::Result<T, E>;
@@ -514,9 +520,13 @@ impl Warehouse {
         known_at: Option<DateTime<Utc>>,
         access: &Access,
     ) -> Result<Snapshot> {
-        let config = SessionConfig::new()
-            .with_target_partitions(QUERY_PARTITIONS)
-            .with_information_schema(true);
+        // DataFusion's own settings may be given as `DATAFUSION_*` environment variables
+        // (e.g. `DATAFUSION_EXECUTION_BATCH_SIZE`), for an operator tuning the engine; the
+        // partitions default to QUERY_PARTITIONS.
+        let mut config = SessionConfig::from_env()?.with_information_schema(true);
+        if std::env::var_os("DATAFUSION_EXECUTION_TARGET_PARTITIONS").is_none() {
+            config = config.with_target_partitions(QUERY_PARTITIONS);
+        }
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
         if let Some(pool) = &self.memory_pool {
             runtime = runtime.with_memory_pool(pool.clone());
@@ -565,6 +575,11 @@ impl Warehouse {
                 break (before, table);
             }
         };
+        if !derived.derived_under(&self.rule) {
+            return Err(WarehouseError::Rederiving {
+                rule: self.rule.rule_version(),
+            });
+        }
         ctx.register_table("dx_superseded", superseded.table_provider().await?)?;
         let known = if known_at.is_some() {
             "t.known_from <= $known_at AND (t.known_to IS NULL OR t.known_to > $known_at)"
@@ -597,8 +612,12 @@ impl Warehouse {
         stored.push(("ledger_runs", DERIVED_RUNS, names_of(run_fields())));
         // Every derived relation shows `person_id` last: the 64-bit number of `person_key`
         // that reports join and group on.
-        for (_, _, cols) in &mut stored {
+        for (name, _, cols) in &mut stored {
             cols.push(PERSON_ID.to_string());
+            // `services` also shows whether each service is dated inside one of her episodes.
+            if *name == Table::Services.as_str() {
+                cols.push(IN_EPISODE.to_string());
+            }
         }
         for (i, (name, table, cols)) in stored.iter().enumerate() {
             let provider = format!("dx_{i}");

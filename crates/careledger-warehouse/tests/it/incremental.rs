@@ -161,6 +161,43 @@ async fn stored(deriver: &Deriver) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// Rows of `services` as known at `at` (now when None), and how many of them have an
+/// `in_episode` other than the join it stands for: a service dated inside one of her episodes
+/// (`status_episodes` as known at the same instant).
+pub(crate) async fn in_episode_against_the_join(
+    wh: &Warehouse,
+    at: Option<DateTime<Utc>>,
+) -> (i64, i64, i64) {
+    let snap = wh.snapshot(at).await.unwrap();
+    let b = snap
+        .ctx
+        .sql(
+            "SELECT count(*), \
+                    coalesce(sum(CASE WHEN s.in_episode THEN 1 ELSE 0 END), 0), \
+                    coalesce(sum(CASE WHEN s.in_episode = (j.hit IS NOT NULL) THEN 0 ELSE 1 END), 0) \
+             FROM services s LEFT JOIN ( \
+                 SELECT s2.source, s2.record_id, count(*) AS hit FROM services s2 \
+                 JOIN status_episodes e ON e.person_key = s2.person_key \
+                  AND s2.service_date >= e.start_date \
+                  AND (e.end_date IS NULL OR s2.service_date < e.end_date) \
+                 GROUP BY s2.source, s2.record_id) j \
+             ON j.source = s.source AND j.record_id = s.record_id",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let n = |i: usize| {
+        b[0].column(i)
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    (n(0), n(1), n(2))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
@@ -183,6 +220,15 @@ proptest! {
             cycles += deriver.catch_up().await.unwrap().len();
             assert!(cycles >= 1);
             let incremental = stored(&deriver).await;
+            // `services.in_episode` is the join with `status_episodes` it replaces, now and as
+            // known at every day of the commits (the rows are split where her episodes change).
+            let wh = Warehouse::new(store.clone(), RuleParams::default());
+            let base = Utc.with_ymd_and_hms(2024, 1, 1, 6, 0, 0).unwrap();
+            let instants = (0..=commits as i64).map(|k| Some(base + Duration::hours(24 * k)));
+            for at in std::iter::once(None).chain(instants) {
+                let (rows, _, wrong) = in_episode_against_the_join(&wh, at).await;
+                assert_eq!(wrong, 0, "in_episode differs from the join in {} of {} services as known at {:?} (seed {})", wrong, rows, at, seed);
+            }
             let rebuilt = deriver.rebuild().await.unwrap();
             assert!(rebuilt.rebuild);
             let full = stored(&deriver).await;

@@ -213,3 +213,122 @@ async fn a_reused_snapshot_gives_way_to_every_commit() {
     let episodes: std::collections::BTreeSet<_> = seen.iter().map(|s| &s.2).collect();
     assert!(episodes.len() > 3, "{seen:?}");
 }
+
+/// A service counts as inside the ledger (`services.in_episode`) only from the instant her
+/// episode covering its date is known: pushed before her husband's departure was reported, it
+/// is outside as known until then and inside after, at every instant the same as the join
+/// with `status_episodes` it replaces.
+#[tokio::test]
+async fn a_service_is_in_an_episode_from_when_the_episode_is_known() {
+    use careledger_model::{ResidentId, Table};
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        careledger_store::Store::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap(),
+    );
+    let birth = chrono::NaiveDate::from_ymd_opt(1985, 3, 1).unwrap();
+    let idn = ResidentId::synthesize("450123", birth, 2)
+        .as_str()
+        .to_string();
+    let at = |s: &str| -> DateTime<Utc> { s.parse().unwrap() };
+    let batches = [
+        (
+            Table::Women,
+            "2024-01-02T00:00:00Z",
+            format!(
+                r#"{{"record_id":"w-1","record_version":1,"op":"upsert","id_number":"{idn}","region_code":"450123100201","ethnicity":"08","marital_status":"20"}}"#
+            ),
+        ),
+        (
+            Table::Services,
+            "2024-01-03T00:00:00Z",
+            format!(
+                r#"{{"record_id":"s-1","record_version":1,"op":"upsert","id_number":"{idn}","measure":"M1","service_type":"dibao_enrolment","service_date":"2024-03-01","amount_yuan":"465.00"}}"#
+            ),
+        ),
+        (
+            Table::LifeEvents,
+            "2024-01-10T00:00:00Z",
+            format!(
+                r#"{{"record_id":"e-1","record_version":1,"op":"upsert","id_number":"{idn}","event_type":"spouse_departed","event_date":"2023-01-01","destination":"out_of_province","work_type":"labour"}}"#
+            ),
+        ),
+    ];
+    for (n, (table, ingested_at, row)) in batches.into_iter().enumerate() {
+        let b = ledger::Batch {
+            table,
+            source: "civil_affairs".into(),
+            ingested_at: at(ingested_at),
+            rows: vec![row],
+        };
+        ledger::commit(&store, &b, n).await;
+    }
+    let wh = Warehouse::new(store.clone(), RuleParams::default());
+    wh.catch_up().await.unwrap();
+    let cases = [
+        (Some(at("2024-01-05T00:00:00Z")), 0),
+        (Some(at("2024-01-11T00:00:00Z")), 1),
+        (None, 1),
+    ];
+    for (known_at, inside) in cases {
+        let (rows, in_episode, wrong) =
+            crate::incremental::in_episode_against_the_join(&wh, known_at).await;
+        assert_eq!(
+            (rows, in_episode, wrong),
+            (1, inside, 0),
+            "as known at {known_at:?}"
+        );
+    }
+    // Coverage counts her as served only as known after the departure was reported.
+    let served = |known_at: &'static str| {
+        let wh = &wh;
+        async move {
+            let p = params(&[
+                ("from", "2024-01-01"),
+                ("to", "2025-01-01"),
+                ("level", "province"),
+                ("measure", "M1"),
+                ("known_at", known_at),
+            ]);
+            let mut out = Vec::new();
+            for b in wh.run_report("coverage_by_measure", &p).await.unwrap() {
+                let col = b
+                    .column(b.schema().index_of("women_served").unwrap())
+                    .clone();
+                for r in 0..b.num_rows() {
+                    out.push(arrow_cast::display::array_value_to_string(&col, r).unwrap());
+                }
+            }
+            out
+        }
+    };
+    assert_eq!(served("2024-01-11T00:00:00Z").await, vec!["1"]);
+    // Before the departure was known she was in no episode, so in no region row at all.
+    assert_eq!(served("2024-01-05T00:00:00Z").await, Vec::<String>::new());
+}
+
+/// Rows derived under another rule (or an older layout of the derived tables, which is part of
+/// the same fingerprint) are not answered from: the snapshot says the ledger is being derived
+/// again, until the deriver's rebuild under this rule commits.
+#[tokio::test]
+async fn no_answer_comes_from_rows_derived_under_another_rule() {
+    let ledger = ledger::two_counties();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ledger::load(dir.path(), &ledger).await;
+    let other = RuleParams {
+        min_absence_months: 12,
+        ..RuleParams::default()
+    };
+    let wh = Warehouse::new(store.clone(), other);
+    match wh.snapshot(None).await {
+        Err(careledger_warehouse::WarehouseError::Rederiving { rule }) => {
+            assert!(rule.contains("m12"), "{rule}")
+        }
+        Err(e) => panic!("expected Rederiving, got {e}"),
+        Ok(_) => panic!("a snapshot answered from rows derived under another rule"),
+    }
+    let cycles = wh.catch_up().await.unwrap();
+    assert!(cycles.iter().any(|c| c.rebuild), "{cycles:?}");
+    wh.snapshot(None).await.unwrap();
+}
