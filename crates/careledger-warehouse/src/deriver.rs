@@ -147,7 +147,6 @@ impl DerivedState {
         })
     }
 
-    /// The latest commit time (`ingested_at`) of pushed rows that the derived tables reflect.
     /// Whether the stored rows were derived under `rule` and this build's layout of the derived
     /// tables (or nothing is derived yet). When not, the deriver's next cycle is a full
     /// rebuild, and until it commits the rows may lack columns this build reads.
@@ -155,6 +154,7 @@ impl DerivedState {
         self.cycle == 0 || self.rule == Some(rule_fingerprint(rule))
     }
 
+    /// The latest commit time (`ingested_at`) of pushed rows that the derived tables reflect.
     pub fn reflects_at(&self) -> Option<DateTime<Utc>> {
         self.reflects.and_then(DateTime::from_timestamp_micros)
     }
