@@ -11,8 +11,16 @@
 -- (constant after binding, so the scans prune by it; a one-row CTE joined in would not).
 WITH last_run AS (
     -- Her region on her last run in the period (run starts are distinct per woman and
-    -- level): an aggregate, not a window over all her runs.
-    SELECT r.person_id, first_value(r.region_code ORDER BY r.run_start DESC) AS region_code
+    -- level): one max per woman over an integer that sorts as (run_start, region_code), then
+    -- the code read back from it: (days since 1970 + 1,000,000, positive for any date) times
+    -- 10^12, plus the region code, or 0 for a run in no known region (codes are the reference
+    -- table's: 12 digits, the first two a province's, 11..82, so a code never begins with 0
+    -- and reads back as its own digits; 0 reads back as NULL, as first_value would give).
+    -- DataFusion's first_value with an ORDER BY keeps its ordering values row by row; a max
+    -- over integers does not (breadth at 1M women: see bench/peers/NOTES.md, session 15).
+    SELECT r.person_id,
+           CAST(nullif(max((CAST(CAST(r.run_start AS INT) AS BIGINT) + 1000000) * 1000000000000
+                           + coalesce(CAST(r.region_code AS BIGINT), 0)) % 1000000000000, 0) AS VARCHAR) AS region_code
     FROM ledger_runs r
     WHERE r.level = $level AND r.run_start < CAST($as_of + INTERVAL '1 day' AS DATE)
       AND (r.run_end IS NULL OR r.run_end > CAST(date_trunc('year', $as_of) AS DATE))
