@@ -799,7 +799,8 @@ def run_scale(args, women, pg):
         # Reports only, on the store kept by an earlier run whose ingest figures are in the file.
         with open(args.resume) as f:
             res = json.load(f)
-        res["command"] += f" ; reports: {' '.join(sys.argv)}"
+        # The ingest run's command, then this report run's (an earlier report run's is dropped).
+        res["command"] = res["command"].split(" ; reports: ")[0] + f" ; reports: {' '.join(sys.argv)}"
         keep = os.path.join(work, f"store-s{max(args.senders)}")
         return finish_scale(args, women, pg, res, work, keep)
     res = {"women": women, "started": datetime.datetime.now().isoformat(timespec="seconds"),
