@@ -531,6 +531,24 @@ impl Warehouse {
         if let Some(pool) = &self.memory_pool {
             runtime = runtime.with_memory_pool(pool.clone());
         }
+        // Each filter on a stored table reaches the Parquet reader once. delta-rs pushes the
+        // filters it is given into its own Parquet scan (row filters), and keeps them inexact;
+        // DataFusion's filter pushdown then adds the same predicate again above it, so every
+        // conjunct was evaluated twice per row. Here delta-rs gets a session with its Parquet
+        // pushdown off (it still skips files by their statistics), and DataFusion pushes the
+        // predicate into the reader, once, for pruning and as row filters.
+        if std::env::var_os("DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS").is_none() {
+            config.options_mut().execution.parquet.pushdown_filters = true;
+        }
+        let delta_session = {
+            let mut c = config.clone();
+            c.options_mut().execution.parquet.pushdown_filters = false;
+            Arc::new(
+                datafusion::execution::session_state::SessionStateBuilder::new()
+                    .with_config(c)
+                    .build(),
+            )
+        };
         let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
         let mut versions = BTreeMap::new();
         let mut names: Vec<&str> = Table::ALL.iter().map(|t| t.as_str()).collect();
@@ -538,7 +556,13 @@ impl Warehouse {
         for name in &names {
             let table = self.store.refresh(name).await?;
             versions.insert(name.to_string(), table.version().unwrap_or(0));
-            ctx.register_table(format!("delta_{name}"), table.table_provider().await?)?;
+            ctx.register_table(
+                format!("delta_{name}"),
+                table
+                    .table_provider()
+                    .with_session(delta_session.clone())
+                    .await?,
+            )?;
         }
         let cutoff = ScalarValue::TimestampMicrosecond(
             Some(known_at.map_or(i64::MAX, |t| t.timestamp_micros())),
@@ -580,7 +604,13 @@ impl Warehouse {
                 rule: self.rule.rule_version(),
             });
         }
-        ctx.register_table("dx_superseded", superseded.table_provider().await?)?;
+        ctx.register_table(
+            "dx_superseded",
+            superseded
+                .table_provider()
+                .with_session(delta_session.clone())
+                .await?,
+        )?;
         let known = if known_at.is_some() {
             "t.known_from <= $known_at AND (t.known_to IS NULL OR t.known_to > $known_at)"
         } else {
@@ -623,7 +653,12 @@ impl Warehouse {
             let provider = format!("dx_{i}");
             ctx.register_table(
                 provider.as_str(),
-                self.store.refresh(table).await?.table_provider().await?,
+                self.store
+                    .refresh(table)
+                    .await?
+                    .table_provider()
+                    .with_session(delta_session.clone())
+                    .await?,
             )?;
             let cols: Vec<String> = cols.iter().map(|c| format!("t.{}", quote(c))).collect();
             let view = ctx
