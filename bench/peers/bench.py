@@ -1098,9 +1098,7 @@ def where_time_goes(r):
         if not p:
             lines.append(f"- **{name}** ({'; '.join(why)}): no EXPLAIN ANALYZE in this run's results.")
             continue
-        rendered = plan_profile.render(name, x["careledger"]["warm_s"], p)
-        rendered[0] = rendered[0].replace(f"**{name}** (", f"**{name}** ({'; '.join(why)}; ", 1)
-        lines += rendered
+        lines += plan_profile.render(name, x["careledger"]["warm_s"], p, why)
     return lines
 
 

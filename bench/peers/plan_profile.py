@@ -157,13 +157,15 @@ def _n(x):
     return str(x)
 
 
-def render(name, wall_s, profile, top=5):
-    """Markdown lines: one report's summary (its scans, then its `top` operators by CPU)."""
+def render(name, wall_s, profile, why=(), top=5):
+    """Markdown lines: one report's summary (why it is listed, its scans, then its `top`
+    operators by CPU)."""
     scans = "; ".join(
         f"{s['table']} {_n(s['decoded_rows'])} rows decoded → {_n(s['output_rows'])} out, {s['cpu_ms']:.0f} ms"
         for s in profile["scans"])
     scan_ms = sum(s["cpu_ms"] for s in profile["scans"])
-    lines = [f"- **{name}** (warm {wall_s:.3f} s; EXPLAIN ANALYZE: scans {scan_ms:.0f} ms CPU in all). Scans: {scans}."]
+    head = "; ".join([*why, f"warm {wall_s:.3f} s", f"EXPLAIN ANALYZE: scans {scan_ms:.0f} ms CPU in all"])
+    lines = [f"- **{name}** ({head}). Scans: {scans}."]
     ops = [o for o in profile["operators"] if (o["cpu_ms"] or 0) >= 5][:top]
     if ops:
         parts = []
