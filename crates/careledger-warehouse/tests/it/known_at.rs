@@ -332,3 +332,57 @@ async fn no_answer_comes_from_rows_derived_under_another_rule() {
     assert!(cycles.iter().any(|c| c.rebuild), "{cycles:?}");
     wh.snapshot(None).await.unwrap();
 }
+
+/// Each filter on a stored table reaches the Parquet reader once. delta-rs pushed the view's
+/// filters into its own scan and DataFusion pushed them again, so the scan's predicate held
+/// every conjunct twice; the snapshot now leaves the Parquet predicate to DataFusion.
+#[tokio::test]
+async fn a_scan_of_a_stored_table_carries_each_filter_once() {
+    let ledger = ledger::two_counties();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ledger::load(dir.path(), &ledger).await;
+    let wh = Warehouse::new(store, RuleParams::default());
+    let snap = wh.snapshot(None).await.unwrap();
+    let batches = snap
+        .ctx
+        .sql(
+            "EXPLAIN SELECT count(*) FROM ledger_runs \
+             WHERE level = 'county' AND run_start >= DATE '2024-01-01'",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut plan = String::new();
+    for b in &batches {
+        for row in 0..b.num_rows() {
+            plan += &arrow_cast::display::array_value_to_string(b.column(1), row).unwrap();
+            plan.push('\n');
+        }
+    }
+    let scan = plan
+        .lines()
+        .find(|l| l.contains("DataSourceExec") && l.contains("derived/ledger_runs"))
+        .unwrap_or_else(|| panic!("no scan of ledger_runs in:\n{plan}"));
+    let start = scan
+        .find(", predicate=")
+        .unwrap_or_else(|| panic!("the scan has no predicate: {scan}"));
+    let predicate = &scan[start + ", predicate=".len()..];
+    let predicate = &predicate[..predicate
+        .find(", pruning_predicate=")
+        .unwrap_or(predicate.len())];
+    let conjuncts: Vec<&str> = predicate.split(" AND ").collect();
+    for column in ["level@", "run_start@", "known_to@"] {
+        assert!(
+            conjuncts.iter().any(|c| c.starts_with(column)),
+            "{column} is not in the scan's predicate: {predicate}"
+        );
+    }
+    let distinct: std::collections::HashSet<&&str> = conjuncts.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        conjuncts.len(),
+        "a conjunct is in the scan's predicate twice: {predicate}"
+    );
+}
